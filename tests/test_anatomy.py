@@ -5,90 +5,39 @@ by MNIST_REFERENCE_SUMMARY), falling back to the copy in tests/data so a clone w
 still tests. Its numbers are parsed here, not typed into the tests.
 """
 
-import ast
 import contextlib
 import os
-import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torchsummary import summary
 
-import utils
 from utils import anatomy
 from utils.model import Net, conv_block
 
-SHARED_REFERENCE = utils.REPO_ROOT.parent / "shared" / "reference" / "model_summary.md"
-IN_REPO_REFERENCE = Path(__file__).parent / "data" / "model_summary.md"
 
-# "| 1  | Conv2d      | [-1, 16, 26, 26] | 144    | 1 -> 16, 3x3, no padding |"
-REFERENCE_ROW = re.compile(
-    r"^\|\s*(?P<index>\d+)\s*\|\s*(?P<kind>\w+)\s*\|\s*(?P<shape>\[[^\]]*\])\s*\|"
-    r"\s*(?P<params>[\d,]+)\s*\|"
-)
-REFERENCE_TOTALS = re.compile(
-    r"Total params: (?P<total>[\d,]+); trainable: (?P<trainable>[\d,]+); "
-    r"non-trainable: (?P<non_trainable>[\d,]+)"
-)
-REFERENCE_WITH_BIASES = re.compile(r"With biases\s+the total would be[^=]*=\s*(?P<total>[\d,]+)")
-
-
-def _count(text):
-    """An integer written with thousands separators, e.g. "13,808"."""
-    return int(text.replace(",", ""))
-
-
-def reference_path():
-    """The reference document to test against, or a skip saying why there is none."""
-    override = os.environ.get("MNIST_REFERENCE_SUMMARY")
-    if override:
-        if not Path(override).is_file():
-            pytest.skip(f"MNIST_REFERENCE_SUMMARY={override} names no file")
-        return Path(override)
-    for candidate in (SHARED_REFERENCE, IN_REPO_REFERENCE):
-        if candidate.is_file():
-            return candidate
-    pytest.skip(f"no reference table: neither {SHARED_REFERENCE} nor {IN_REPO_REFERENCE} exists")
+@pytest.fixture(scope="module")
+def reference():
+    try:
+        return anatomy.read_reference_summary()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="module")
-def reference_text():
-    return reference_path().read_text(encoding="utf-8")
+def reference_rows(reference):
+    return reference["rows"]
 
 
 @pytest.fixture(scope="module")
-def reference_rows(reference_text):
-    """The reference table's layer rows, in the same form summary_rows returns."""
-    rows = []
-    for line in reference_text.splitlines():
-        match = REFERENCE_ROW.match(line)
-        if match:
-            rows.append(
-                {
-                    "layer": f"{match['kind']}-{match['index']}",
-                    "output_shape": ast.literal_eval(match["shape"]),
-                    "params": _count(match["params"]),
-                }
-            )
-    assert rows, "the reference document has no layer table"
-    return rows
+def reference_totals(reference):
+    return {key: reference[key] for key in ("total", "trainable", "non_trainable")}
 
 
 @pytest.fixture(scope="module")
-def reference_totals(reference_text):
-    match = REFERENCE_TOTALS.search(reference_text)
-    assert match, "the reference document has no 'Total params: ...' line"
-    return {key: _count(value) for key, value in match.groupdict().items()}
-
-
-@pytest.fixture(scope="module")
-def reference_total_with_biases(reference_text):
-    match = REFERENCE_WITH_BIASES.search(reference_text)
-    assert match, "the reference document gives no total with biases"
-    return _count(match["total"])
+def reference_total_with_biases(reference):
+    return reference["total_with_biases"]
 
 
 def widened_net():
@@ -117,17 +66,17 @@ def cloned_state(model):
 
 
 def test_in_repo_reference_copy_matches_shared_one():
-    if not SHARED_REFERENCE.is_file():
-        pytest.skip(f"{SHARED_REFERENCE} is absent; nothing to compare the copy with")
-    assert IN_REPO_REFERENCE.read_bytes() == SHARED_REFERENCE.read_bytes(), (
-        f"{IN_REPO_REFERENCE} has drifted from {SHARED_REFERENCE}; copy it again"
+    if not anatomy.SHARED_REFERENCE.is_file():
+        pytest.skip(f"{anatomy.SHARED_REFERENCE} is absent; nothing to compare the copy with")
+    assert anatomy.IN_REPO_REFERENCE.read_bytes() == anatomy.SHARED_REFERENCE.read_bytes(), (
+        f"{anatomy.IN_REPO_REFERENCE} has drifted from {anatomy.SHARED_REFERENCE}; copy it again"
     )
 
 
 def test_reference_falls_back_to_the_in_repo_copy(monkeypatch, tmp_path):
     monkeypatch.delenv("MNIST_REFERENCE_SUMMARY", raising=False)
-    monkeypatch.setattr(sys.modules[__name__], "SHARED_REFERENCE", tmp_path / "absent.md")
-    assert reference_path() == IN_REPO_REFERENCE
+    monkeypatch.setattr(anatomy, "SHARED_REFERENCE", tmp_path / "absent.md")
+    assert anatomy.reference_path() == anatomy.IN_REPO_REFERENCE
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,11 +11,15 @@ import contextlib
 import copy
 import io
 import math
+import os
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
 from torchsummary import summary
+
+from utils import REPO_ROOT
 
 # Lines of the torchsummary footer whose numbers depend on assumptions about memory, not on the
 # model's structure; summary_text drops them so notebook outputs compare equal run after run.
@@ -340,3 +344,61 @@ def format_table(rows, columns=None):
     lines = [render(columns), "  ".join("-" * width for width in widths)]
     lines += [render(line) for line in cells]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference document
+
+SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "model_summary.md"
+IN_REPO_REFERENCE = Path(__file__).parent / "model_summary.md"
+
+# "| 1  | Conv2d      | [-1, 16, 26, 26] | 144    | 1 -> 16, 3x3, no padding |"
+REFERENCE_ROW = re.compile(
+    r"^\|\s*(?P<index>\d+)\s*\|\s*(?P<kind>\w+)\s*\|\s*(?P<shape>\[[^\]]*\])\s*\|"
+    r"\s*(?P<params>[\d,]+)\s*\|"
+)
+REFERENCE_TOTALS = re.compile(
+    r"Total params: (?P<total>[\d,]+); trainable: (?P<trainable>[\d,]+); "
+    r"non-trainable: (?P<non_trainable>[\d,]+)"
+)
+REFERENCE_WITH_BIASES = re.compile(r"With biases\s+the total would be[^=]*=\s*(?P<total>[\d,]+)")
+
+
+def _count(text):
+    """An integer written with thousands separators, e.g. "13,808"."""
+    return int(text.replace(",", ""))
+
+
+def reference_path():
+    """The reference document: $MNIST_REFERENCE_SUMMARY, else ../shared, else the in-repo copy."""
+    override = os.environ.get("MNIST_REFERENCE_SUMMARY")
+    if override:
+        if not Path(override).is_file():
+            raise FileNotFoundError(f"MNIST_REFERENCE_SUMMARY={override} names no file")
+        return Path(override)
+    return SHARED_REFERENCE if SHARED_REFERENCE.is_file() else IN_REPO_REFERENCE
+
+
+def read_reference_summary(path=None):
+    """The reference table, parsed: rows as summary_rows gives them, and the stated totals.
+
+    Returns {"rows": [...], "total", "trainable", "non_trainable", "total_with_biases"}.
+    """
+    text = Path(path or reference_path()).read_text(encoding="utf-8")
+    rows = [
+        {
+            "layer": f"{match['kind']}-{match['index']}",
+            "output_shape": ast.literal_eval(match["shape"]),
+            "params": _count(match["params"]),
+        }
+        for match in map(REFERENCE_ROW.match, text.splitlines())
+        if match
+    ]
+    totals = REFERENCE_TOTALS.search(text)
+    with_biases = REFERENCE_WITH_BIASES.search(text)
+    if not rows or totals is None or with_biases is None:
+        raise ValueError(f"{path or reference_path()} has no layer table, totals line or "
+                         "total with biases; is it the model summary document?")
+    reference = {key: _count(value) for key, value in totals.groupdict().items()}
+    reference.update(rows=rows, total_with_biases=_count(with_biases["total"]))
+    return reference

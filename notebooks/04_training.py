@@ -1,0 +1,207 @@
+# %% [markdown]
+# # 4. Training and evaluation
+#
+# Here the model learns. Each *epoch* is one pass over the training set in batches; each *step*
+# is one optimizer update on one batch. After every epoch we evaluate on the test set. The
+# notebook writes its results to the run folder: the history of every step and epoch, a
+# checkpoint, the resolved parameters and a metrics summary, which notebook 5 reads.
+
+# %% [markdown]
+# ## Parameters
+#
+# Every notebook of the course starts with the same parameters cell, so one command can pass
+# the same values to all five. This is the notebook that uses them all.
+
+# %% tags=["parameters"]
+epochs = 15              # passes over the training set
+batch_size = 128         # images per optimizer step
+learning_rate = 0.1      # peak learning rate of the one-cycle schedule
+momentum = 0.9           # SGD momentum
+seed = 1                 # seeds torch and Python for a repeatable run
+max_degrees = 7.0        # training images are rotated by up to this many degrees either way
+dropout = 0.05           # dropout probability after each convolution block
+mean_std = None          # None: derive the normalisation from the training pixels
+train_subset = 0         # 0: all 60,000 training images; N: the first N, for quick runs
+device = "auto"          # "auto" (CUDA, then Apple MPS, then CPU), "cuda", "mps" or "cpu"
+precision = "auto"       # "auto" (bfloat16 where the hardware has it), "bf16" or "fp32"
+data_dir = ""            # "": download into data/mnist; else a folder with the four files
+run_dir = ""             # "": runs/interactive; `make run` passes a new folder
+quick = False            # True: a smoke run in seconds (MNIST_QUICK=1 sets it too)
+
+# %%
+import inspect
+import json
+import time
+
+import torch
+
+import utils.runtime as runtime
+import utils.training
+from utils.data import load_mnist, MNISTImages
+from utils.fast_batches import FastBatches
+from utils.model import Net
+from utils.training import fit, make_schedule
+from utils.transforms import pixel_mean_std, train_transforms
+
+config = runtime.Settings(epochs, batch_size, learning_rate, momentum, seed, max_degrees,
+                          dropout, mean_std, train_subset, device, precision, data_dir, run_dir,
+                          quick)
+print(runtime.environment_report(config.device))
+print(f"precision    {config.precision}")
+
+# %% [markdown]
+# ## Seeding
+#
+# The initial weights, the dropout masks, the order of the batches and the random rotations
+# all come from random number generators. Seeding them makes a run repeatable: on the same
+# machine, the same seed gives the same numbers, bit for bit.
+
+# %%
+runtime.seed_everything(config.seed)
+
+# %% [markdown]
+# ## The data, held in memory
+#
+# The training set is small: 60,000 images of 784 bytes is 47 MB. We keep it in memory as
+# unsigned bytes and normalise with the statistics of notebook 1, derived again here from the
+# training pixels. A quick run uses only the first `train_subset` images.
+
+# %%
+mnist = load_mnist(config.data_dir, download=config.may_download)
+train_images, train_labels = mnist["train"]
+test_images, test_labels = mnist["test"]
+if config.train_subset:
+    train_images, train_labels = train_images[:config.train_subset], train_labels[:config.train_subset]
+mean, std = config.mean_std or pixel_mean_std(mnist["train"][0])
+print(f"training on {len(train_labels):,} images, testing on {len(test_labels):,}; "
+      f"normalising with mean {mean:.4f}, std {std:.4f}")
+
+# %% [markdown]
+# ## Batches, augmented a batch at a time
+#
+# Notebook 1's `train_transforms` is the standard recipe: a `DataLoader` turns each image into a
+# PIL image, rotates it, converts it to a tensor and normalises it, one image at a time. On a
+# laptop CPU that costs more than the training step itself. `FastBatches` does the same work on
+# a whole batch with a few tensor operations: pick the batch's images, scale them to [0, 1],
+# rotate each by its own random angle (one `grid_sample` call with one rotation matrix per
+# image), normalise. The test batches are the same without rotation.
+
+# %%
+train_batches = FastBatches(train_images, train_labels, config.batch_size, mean, std,
+                            max_degrees=config.max_degrees, shuffle=True, seed=config.seed,
+                            device=config.device, channels_last=True)
+test_batches = FastBatches(test_images, test_labels, 1000, mean, std, device=config.device,
+                           channels_last=True)
+
+# %% [markdown]
+# Is it the same augmentation? We push the same thousand training images through both paths,
+# each with its own random angles, and compare the per-pixel mean and spread of what comes out.
+# They agree to within sampling noise (the test suite checks this with a stated tolerance):
+
+# %% tags=["nbval-check-output"]
+torch.manual_seed(config.seed)
+reference = MNISTImages(train_images[:1000], train_labels[:1000],
+                        transform=train_transforms(mean, std, config.max_degrees))
+reference_batch = torch.stack([reference[i][0] for i in range(1000)])
+fast_batch = FastBatches(train_images[:1000], train_labels[:1000], 1000, mean, std,
+                         max_degrees=config.max_degrees, seed=config.seed).augment(
+                             train_images[:1000].unsqueeze(1))
+for name, batch in [("reference", reference_batch), ("fast", fast_batch)]:
+    print(f"{name:<10} shape {tuple(batch.shape)}  mean {batch.mean():+.2f}  "
+          f"std {batch.std():.2f}  per-pixel std of the mean image {batch.mean(0).std():.2f}")
+runtime.seed_everything(config.seed)  # the comparison drew random numbers: start afresh
+
+# %% [markdown]
+# Two further speed-ups are standard: *channels-last* memory order (the channels of one pixel
+# next to each other), which suits the CPU's convolution kernels, and *bfloat16 autocast*: the
+# convolutions run in 16-bit floating point where the hardware supports it, while the weights,
+# the loss and the optimizer stay in 32-bit. `make bench` measures what each path gains.
+#
+# ## Model, optimizer, schedule
+#
+# Stochastic gradient descent with momentum: each step moves the weights against the gradient
+# of the batch's loss, plus a fraction `momentum` of the previous step. The learning rate
+# follows a *one-cycle* schedule: it rises from a small value to `learning_rate` during the
+# first fifth of training and then falls smoothly to almost zero, which lets a short run use a
+# large learning rate without diverging.
+
+# %% tags=["nbval-check-output"]
+model = Net(dropout=config.dropout).to(config.device, memory_format=torch.channels_last)
+optimizer = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=config.momentum)
+scheduler = make_schedule(optimizer, config.learning_rate, config.epochs, len(train_batches))
+print(f"{sum(p.numel() for p in model.parameters()):,} parameters to train")
+print(f"SGD, momentum {optimizer.param_groups[0]['momentum']}, peak learning rate "
+      f"{scheduler.optimizer.param_groups[0]['max_lr']}, starting at "
+      f"{optimizer.param_groups[0]['lr']:.4f}")
+
+# %% [markdown]
+# ## The training and test functions
+#
+# One training epoch, in paragraphs: forward pass, loss, backward pass, optimizer step, then
+# recording the batch's loss and accuracy as plain floats. The test function runs the model in
+# eval mode (dropout off, batch norm on its running statistics) without gradients, and averages
+# the loss per image over all test images.
+
+# %% tags=["nbval-check-output"]
+print(inspect.getsource(utils.training.train_one_epoch))
+print(inspect.getsource(utils.training.evaluate))
+
+# %% [markdown]
+# `fit` runs the epochs: train, evaluate, log one line, write a checkpoint. The checkpoint
+# (model, optimizer, schedule, history and random state) is replaced after every epoch, by
+# writing a new file and renaming it, so a crash never leaves a half-written one; with
+# `resume=True` an interrupted run continues where it stopped.
+
+# %%
+checkpoint_path = config.run_dir / "checkpoint.pt"
+started = time.perf_counter()
+history, epoch_seconds = fit(model, train_batches, test_batches, optimizer, scheduler,
+                             config.epochs, config.device, config.autocast_dtype,
+                             checkpoint_path=checkpoint_path)
+wall_seconds = time.perf_counter() - started
+
+# %% [markdown]
+# ## Results, written to the run folder
+#
+# The history (every step and epoch) is deterministic for a seed; the metrics summary adds the
+# timings, which are not.
+
+# %%
+best_epoch = max(range(config.epochs), key=lambda e: history["test_accuracy"][e]) + 1
+metrics = {
+    "final_test_accuracy": history["test_accuracy"][-1],
+    "best_test_accuracy": history["test_accuracy"][best_epoch - 1],
+    "best_epoch": best_epoch,
+    "final_test_loss": history["test_loss"][-1],
+    "epochs": config.epochs,
+    "train_images": len(train_labels),
+    "test_images": len(test_labels),
+    "parameters": sum(p.numel() for p in model.parameters()),
+    "normalisation": [mean, std],
+    "wall_seconds": round(wall_seconds, 1),
+    "epoch_seconds": [round(s, 1) for s in epoch_seconds],
+    "test_accuracy": history["test_accuracy"],
+    "test_loss": history["test_loss"],
+    "train_accuracy": history["epoch_train_accuracy"],
+    "train_loss": history["epoch_train_loss"],
+    "learning_rate": history["learning_rate"],
+}
+(config.run_dir / "history.json").write_text(json.dumps(history) + "\n")
+(config.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+(config.run_dir / "parameters.json").write_text(json.dumps(config.as_dict(), indent=2) + "\n")
+print(f"final test accuracy {metrics['final_test_accuracy']:.2f}%, best "
+      f"{metrics['best_test_accuracy']:.2f}% (epoch {best_epoch}), "
+      f"{config.epochs} epochs in {wall_seconds / 60:.1f} min")
+
+# %% [markdown]
+# What the checkpoint holds: only tensors and plain Python types, so it loads with
+# `torch.load(..., weights_only=True)`, which refuses to run code hidden in a file.
+
+# %% tags=["nbval-check-output"]
+saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+print(sorted(saved))
+print(f"model tensors: {len(saved['model'])}; "
+      f"written after the last epoch: {saved['epoch'] == config.epochs}")
+
+# %% [markdown]
+# Notebook 5 plots these results.

@@ -1,0 +1,139 @@
+"""The main job: execute the five notebooks in order with papermill into one new run folder.
+
+    python -m utils.course run [--data-dir DIR] [--quick]    # what `make run` does
+    python -m utils.course store RUN_DIR                      # keep a run's outputs in notebooks/
+"""
+
+import argparse
+import json
+import resource
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+
+from utils import REPO_ROOT
+from utils.runtime import resolve_data_dir
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+NOTEBOOKS = ["01_data.ipynb", "02_model.ipynb", "03_parameters.ipynb", "04_training.ipynb",
+             "05_results.ipynb"]
+KERNEL_NAME = "python3"
+
+
+def new_run_dir(runs_dir):
+    """A fresh folder named by the start time; never an existing one."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for suffix in [""] + [f"-{n}" for n in range(2, 100)]:
+        candidate = Path(runs_dir) / (stamp + suffix)
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run folder in {runs_dir}")
+
+
+def prepare_data(data_dir):
+    """Check (or, in the default folder, download) MNIST before any run folder exists."""
+    from utils.data import download_mnist, find_mnist_files
+
+    folder, may_download = resolve_data_dir(data_dir)
+    if may_download:
+        download_mnist(folder)
+    find_mnist_files(folder)
+    return folder
+
+
+def peak_memory_mb():
+    """Largest resident set of this process and of any finished child (the notebook kernels)."""
+    kilobytes = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return kilobytes / 1024
+
+
+def execute_notebooks(run_dir, data_dir, quick=False, extra_parameters=None):
+    """Run each notebook with papermill, from the notebooks folder; returns seconds per notebook."""
+    import papermill
+
+    parameters = {"data_dir": str(data_dir), "run_dir": str(run_dir), "quick": quick}
+    parameters.update(extra_parameters or {})
+    seconds = {}
+    for name in NOTEBOOKS:
+        started = time.perf_counter()
+        print(f"running {name} ...", flush=True)
+        papermill.execute_notebook(
+            NOTEBOOKS_DIR / name, run_dir / name, parameters=parameters,
+            cwd=NOTEBOOKS_DIR, kernel_name=KERNEL_NAME, progress_bar=False,
+        )
+        seconds[name] = round(time.perf_counter() - started, 1)
+        print(f"  done in {seconds[name]} s", flush=True)
+    return seconds
+
+
+def run(data_dir="", runs_dir=REPO_ROOT / "runs", quick=False, extra_parameters=None):
+    """The main job; returns the run folder. Prints the folder's path as its last line."""
+    started = time.perf_counter()
+    folder = prepare_data(data_dir)
+    run_dir = new_run_dir(runs_dir)
+    print(f"run folder: {run_dir}", flush=True)
+    seconds = execute_notebooks(run_dir, folder, quick, extra_parameters)
+    job = {
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "notebook_seconds": seconds,
+        "quick": quick,
+    }
+    (run_dir / "job.json").write_text(json.dumps(job, indent=2) + "\n")
+    print(f"main job: {job['wall_seconds']} s, peak resident memory {job['peak_memory_mb']} MB")
+    return run_dir
+
+
+def strip_run_metadata(notebook):
+    """Drop papermill's injected-parameters cell and its per-run metadata, keeping outputs."""
+    notebook.cells = [cell for cell in notebook.cells
+                      if "injected-parameters" not in cell.metadata.get("tags", [])]
+    notebook.metadata.pop("papermill", None)
+    for cell in notebook.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    return notebook
+
+
+def store(run_dir):
+    """Copy a run's executed notebooks over notebooks/*.ipynb, so readers see real outputs."""
+    for name in NOTEBOOKS:
+        notebook = strip_run_metadata(nbformat.read(Path(run_dir) / name, as_version=4))
+        nbformat.write(notebook, NOTEBOOKS_DIR / name)
+        print(f"stored {name}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="execute all notebooks into a new run folder")
+    run_parser.add_argument("--data-dir", default="", help="folder holding the four MNIST files")
+    run_parser.add_argument("--runs-dir", default=str(REPO_ROOT / "runs"))
+    run_parser.add_argument("--quick", action="store_true", help="a smoke run in seconds")
+    store_parser = commands.add_parser("store", help="keep a run's outputs in notebooks/")
+    store_parser.add_argument("run_dir")
+    args = parser.parse_args(argv)
+    if args.command == "store":
+        store(args.run_dir)
+        return 0
+    from utils.data import MNISTDataError
+
+    try:
+        run_dir = run(args.data_dir, args.runs_dir, args.quick)
+    except MNISTDataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Device, seeding, the environment report, and checks on a notebook's parameters."""
+
+import os
+import platform
+import random
+from pathlib import Path
+
+import torch
+import torchvision
+
+from utils import REPO_ROOT
+
+DEFAULT_DATA_DIR = REPO_ROOT / "data" / "mnist"
+DEFAULT_RUN_DIR = REPO_ROOT / "runs" / "interactive"
+DEVICE_KINDS = ("auto", "cuda", "mps", "cpu")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+# Quick mode: a smoke run of every cell in seconds, for tests and CI. MNIST_QUICK=1 turns it on
+# in any runner (nbval cannot pass parameters); papermill can also pass quick=True.
+QUICK_EPOCHS = 2
+QUICK_TRAIN_SUBSET = 2000
+
+
+class ParameterError(ValueError):
+    """A notebook parameter outside what is allowed; the message names it and the allowed range."""
+
+
+def quick_mode_requested():
+    return os.environ.get("MNIST_QUICK", "").strip() not in ("", "0")
+
+
+def resolve_data_dir(data_dir=""):
+    """The folder to read MNIST from, and whether downloading into it is allowed.
+
+    An explicit folder (the parameter, or MNIST_DATA_DIR) must already hold the four files: it is
+    the user's, so nothing is downloaded into it. Without one, the course downloads into data/.
+    """
+    chosen = data_dir or os.environ.get("MNIST_DATA_DIR", "")
+    if chosen:
+        return Path(chosen).expanduser().resolve(), False
+    return DEFAULT_DATA_DIR, True
+
+
+def resolve_run_dir(run_dir=""):
+    """The run folder: the parameter, else MNIST_RUN_DIR, else runs/interactive in the repo."""
+    chosen = run_dir or os.environ.get("MNIST_RUN_DIR", "")
+    path = Path(chosen).expanduser().resolve() if chosen else DEFAULT_RUN_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def choose_device(requested="auto"):
+    """CUDA, then Apple MPS, then CPU for "auto"; a named device must exist on this machine."""
+    kind = str(requested).split(":")[0]
+    if kind not in DEVICE_KINDS:
+        raise ParameterError(f"device={requested!r} is unknown; use one of {DEVICE_KINDS} "
+                             "(optionally with an index, such as 'cuda:1').")
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
+                 "cpu": True}
+    if kind == "auto":
+        return torch.device(next(k for k in ("cuda", "mps", "cpu") if available[k]))
+    if not available[kind]:
+        raise ParameterError(f"device={requested!r} was requested but this machine has no "
+                             f"{kind.upper()} device; use device='auto' or 'cpu'.")
+    return torch.device(requested)
+
+
+def bf16_supported(device):
+    """Whether bfloat16 autocast runs natively (not emulated) on this device."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
+
+
+def autocast_dtype(precision, device):
+    """The autocast dtype for a precision parameter: bfloat16, or None for plain fp32."""
+    if precision not in PRECISIONS:
+        raise ParameterError(f"precision={precision!r} is unknown; use one of {PRECISIONS}.")
+    if precision == "fp32" or (precision == "auto" and not bf16_supported(device)):
+        return None
+    if not bf16_supported(device):
+        raise ParameterError(f"precision='bf16' was requested but {device} has no native "
+                             "bfloat16 support; use precision='auto' or 'fp32'.")
+    return torch.bfloat16
+
+
+def seed_everything(seed):
+    """Seed Python's and torch's generators, and ask for deterministic kernels."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def environment_report(device):
+    """One line each for Python, torch, torchvision, the device and the CPU threads used."""
+    return "\n".join([
+        f"Python       {platform.python_version()}",
+        f"torch        {torch.__version__}",
+        f"torchvision  {torchvision.__version__}",
+        f"device       {device}",
+        f"CPU threads  {torch.get_num_threads()}",
+    ])
+
+
+def require(condition, name, value, allowed):
+    if not condition:
+        raise ParameterError(f"parameter {name}={value!r} is not allowed: {allowed}.")
+
+
+def is_whole_number(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_training_parameters(epochs, batch_size, learning_rate, momentum, seed, train_subset,
+                              max_degrees):
+    """Stop before any data is read when a training parameter is outside its allowed range."""
+    require(is_whole_number(epochs) and epochs >= 1, "epochs", epochs, "a whole number >= 1")
+    require(is_whole_number(batch_size) and batch_size >= 1, "batch_size", batch_size,
+            "a whole number >= 1")
+    require(isinstance(learning_rate, (int, float)) and learning_rate > 0, "learning_rate",
+            learning_rate, "a number > 0")
+    require(isinstance(momentum, (int, float)) and 0 <= momentum < 1, "momentum", momentum,
+            "a number in [0, 1)")
+    require(is_whole_number(seed) and seed >= 0, "seed", seed, "a whole number >= 0")
+    require(is_whole_number(train_subset) and train_subset >= 0, "train_subset", train_subset,
+            "0 (all 60,000 images) or a positive number of images")
+    require(isinstance(max_degrees, (int, float)) and 0 <= max_degrees <= 180, "max_degrees",
+            max_degrees, "a number of degrees in [0, 180]")
+
+
+def check_normalisation(mean_std):
+    """`mean_std` is None (derive from the training pixels) or two numbers, the std positive."""
+    if mean_std is None:
+        return
+    require(isinstance(mean_std, (list, tuple)) and len(mean_std) == 2, "mean_std", mean_std,
+            "None, or a list of two numbers [mean, std] for the one grey channel")
+    mean, std = mean_std
+    require(isinstance(mean, (int, float)) and isinstance(std, (int, float)) and std > 0,
+            "mean_std", mean_std, "two numbers [mean, std] with std > 0")
+
+
+class Settings:
+    """The course parameters after checking, with the values derived from them.
+
+    Built from the parameters cell that every notebook shares; the checks run here, before any
+    data is read, so a bad parameter stops a notebook in its first cells.
+    """
+
+    def __init__(self, epochs, batch_size, learning_rate, momentum, seed, max_degrees,
+                 dropout, mean_std, train_subset, device, precision, data_dir, run_dir, quick):
+        self.quick = bool(quick) or quick_mode_requested()
+        if self.quick:
+            epochs = min(epochs, QUICK_EPOCHS) if is_whole_number(epochs) else epochs
+            train_subset = QUICK_TRAIN_SUBSET
+        check_training_parameters(epochs, batch_size, learning_rate, momentum, seed,
+                                  train_subset, max_degrees)
+        require(isinstance(dropout, (int, float)) and 0 <= dropout < 1, "dropout", dropout,
+                "a probability in [0, 1)")
+        check_normalisation(mean_std)
+        self.epochs, self.batch_size = epochs, batch_size
+        self.learning_rate, self.momentum, self.seed = learning_rate, momentum, seed
+        self.max_degrees, self.dropout, self.mean_std = max_degrees, dropout, mean_std
+        self.train_subset = train_subset
+        self.device = choose_device(device)
+        self.autocast_dtype = autocast_dtype(precision, self.device)
+        self.precision = "bf16" if self.autocast_dtype is torch.bfloat16 else "fp32"
+        self.data_dir, self.may_download = resolve_data_dir(data_dir)
+        self.run_dir = resolve_run_dir(run_dir)
+
+    def as_dict(self):
+        """Plain types only, for parameters.json."""
+        return {key: (str(value) if isinstance(value, (Path, torch.device)) else value)
+                for key, value in vars(self).items() if key != "autocast_dtype"}
+
+    def __repr__(self):
+        return "\n".join(f"{key:<14} {value}" for key, value in self.as_dict().items())
