@@ -97,7 +97,7 @@ class FastBatches:
         return (2.0 * unit - 1.0) * self.max_degrees
 
     def augment(self, images_uint8):
-        """Rotate (when asked) and normalise one batch; channels-last memory when asked."""
+        """Rotate (when asked) and normalise a uint8 batch (B, 1, H, W); channels-last if asked."""
         images = images_uint8.float().div(255)
         if self.max_degrees > 0:
             # rotate the [0, 1] pixels, so the fill of 0 is black as in the reference pipeline
