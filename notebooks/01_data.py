@@ -1,3 +1,18 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 1. The data and its transforms
 #
@@ -27,7 +42,7 @@ device = "auto"          # "auto" (CUDA, then Apple MPS, then CPU), "cuda", "mps
 precision = "auto"       # "auto" (bfloat16 where the hardware has it), "bf16" or "fp32"
 data_dir = ""            # "": download into data/mnist; else a folder with the four files
 run_dir = ""             # "": runs/interactive; `make run` passes a new folder
-quick = False            # True: a smoke run in seconds (MNIST_QUICK=1 sets it too)
+quick = False            # True: a smoke run in seconds; so does MNIST_QUICK in the environment
 
 # %% [markdown]
 # The next cell checks the parameters and derives what follows from them: the device, the data
@@ -38,7 +53,7 @@ quick = False            # True: a smoke run in seconds (MNIST_QUICK=1 sets it t
 import torch
 
 import utils.runtime as runtime
-from utils.data import load_mnist, MNISTImages
+from utils.data import MNISTImages, load_mnist
 from utils.plots import save_figure, show_digits
 from utils.transforms import pixel_mean_std, test_transforms, train_transforms
 
@@ -64,7 +79,8 @@ test_images, test_labels = mnist["test"]
 # %% tags=["nbval-check-output"]
 for split, (images, labels) in mnist.items():
     print(f"{split:<5} images {tuple(images.shape)} {images.dtype}, "
-          f"labels {tuple(labels.shape)} {labels.dtype}, pixel range {images.min()}..{images.max()}")
+          f"labels {tuple(labels.shape)} {labels.dtype}, "
+          f"pixel range {images.min()}..{images.max()}")
 
 # %% [markdown]
 # ## What the digits look like
@@ -105,19 +121,28 @@ print(f"rarest/commonest training digit: {train_counts.min() / train_counts.max(
 # training image. Only the training set is used: the test set stands for images not seen yet.
 
 # %% tags=["nbval-check-output"]
-pixels = train_images.double() / 255
+pixels = train_images.float().div_(255)  # 47 million values, scaled in place to save memory
 mean, std = pixels.mean().item(), pixels.std().item()
+del pixels
 print(f"training pixels: mean {mean:.4f}, standard deviation {std:.4f}")
-assert (mean, std) == pixel_mean_std(train_images)  # the helper the other notebooks call
 
 # %% [markdown]
 # These are the two numbers the MNIST examples of most libraries type in by hand; here they
-# come from the data. The `mean_std` parameter overrides them, for instance to train on another
-# data set with the statistics of this one.
+# come from the data. The other notebooks call `pixel_mean_std`, which gets the same numbers
+# exactly, without a float copy of the images, from how often each of the 256 grey levels
+# occurs:
+
+# %% tags=["nbval-check-output"]
+exact_mean, exact_std = pixel_mean_std(train_images)
+print(f"from the grey-level histogram: mean {exact_mean:.4f}, standard deviation {exact_std:.4f}")
+assert abs(exact_mean - mean) < 1e-5 and abs(exact_std - std) < 1e-5
+
+# %% [markdown]
+# From here on we use the exact values. The `mean_std` parameter overrides them, for instance
+# to train on another data set with the statistics of this one.
 
 # %%
-if config.mean_std is not None:
-    mean, std = config.mean_std
+mean, std = config.mean_std or (exact_mean, exact_std)
 
 # %% [markdown]
 # ## The transforms

@@ -1,3 +1,18 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 2. The model
 #
@@ -28,7 +43,7 @@ device = "auto"          # "auto" (CUDA, then Apple MPS, then CPU), "cuda", "mps
 precision = "auto"       # "auto" (bfloat16 where the hardware has it), "bf16" or "fp32"
 data_dir = ""            # "": download into data/mnist; else a folder with the four files
 run_dir = ""             # "": runs/interactive; `make run` passes a new folder
-quick = False            # True: a smoke run in seconds (MNIST_QUICK=1 sets it too)
+quick = False            # True: a smoke run in seconds; so does MNIST_QUICK in the environment
 
 # %%
 import inspect
@@ -62,6 +77,7 @@ print(inspect.getsource(utils.model))
 # PyTorch lists the modules in the order they were registered:
 
 # %% tags=["nbval-check-output"]
+runtime.seed_everything(config.seed)  # the initial weights are random: seed them
 model = Net(dropout=config.dropout)
 print(model)
 

@@ -1,3 +1,18 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 3. The parameter count, derived
 #
@@ -27,16 +42,21 @@ device = "auto"          # "auto" (CUDA, then Apple MPS, then CPU), "cuda", "mps
 precision = "auto"       # "auto" (bfloat16 where the hardware has it), "bf16" or "fp32"
 data_dir = ""            # "": download into data/mnist; else a folder with the four files
 run_dir = ""             # "": runs/interactive; `make run` passes a new folder
-quick = False            # True: a smoke run in seconds (MNIST_QUICK=1 sets it too)
+quick = False            # True: a smoke run in seconds; so does MNIST_QUICK in the environment
 
 # %%
 from IPython.display import Markdown, display
 from torch import nn
 
 import utils.runtime as runtime
-from utils.anatomy import (buffer_names, format_table, parameter_table,
-                           parameter_total_with_biases, read_reference_summary,
-                           receptive_field_table)
+from utils.anatomy import (
+    buffer_names,
+    format_table,
+    parameter_table,
+    parameter_total_with_biases,
+    read_reference_summary,
+    receptive_field_table,
+)
 from utils.model import Net
 
 config = runtime.Settings(epochs, batch_size, learning_rate, momentum, seed, max_degrees,
@@ -129,9 +149,14 @@ assert with_biases == sum(p.numel() for p in biased.parameters())
 import torch
 
 shapes = {}
-hooks = [getattr(model, name).register_forward_hook(
-    lambda module, inputs, output, name=name: shapes.update({name: (inputs[0].shape, output.shape)}))
-    for name in ["transition", "pool"]]
+
+
+def record_shapes(name):
+    return lambda module, inputs, output: shapes.update({name: (inputs[0].shape, output.shape)})
+
+
+hooks = [getattr(model, name).register_forward_hook(record_shapes(name))
+         for name in ["transition", "pool"]]
 with torch.no_grad():
     model.eval()(torch.zeros(1, 1, 28, 28))
 for hook in hooks:

@@ -1,3 +1,18 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 4. Training and evaluation
 #
@@ -26,7 +41,7 @@ device = "auto"          # "auto" (CUDA, then Apple MPS, then CPU), "cuda", "mps
 precision = "auto"       # "auto" (bfloat16 where the hardware has it), "bf16" or "fp32"
 data_dir = ""            # "": download into data/mnist; else a folder with the four files
 run_dir = ""             # "": runs/interactive; `make run` passes a new folder
-quick = False            # True: a smoke run in seconds (MNIST_QUICK=1 sets it too)
+quick = False            # True: a smoke run in seconds; so does MNIST_QUICK in the environment
 
 # %%
 import inspect
@@ -37,7 +52,7 @@ import torch
 
 import utils.runtime as runtime
 import utils.training
-from utils.data import load_mnist, MNISTImages
+from utils.data import MNISTImages, load_mnist
 from utils.fast_batches import FastBatches
 from utils.model import Net
 from utils.training import fit, make_schedule
@@ -71,7 +86,8 @@ mnist = load_mnist(config.data_dir, download=config.may_download)
 train_images, train_labels = mnist["train"]
 test_images, test_labels = mnist["test"]
 if config.train_subset:
-    train_images, train_labels = train_images[:config.train_subset], train_labels[:config.train_subset]
+    train_images = train_images[:config.train_subset]
+    train_labels = train_labels[:config.train_subset]
 mean, std = config.mean_std or pixel_mean_std(mnist["train"][0])
 print(f"training on {len(train_labels):,} images, testing on {len(test_labels):,}; "
       f"normalising with mean {mean:.4f}, std {std:.4f}")

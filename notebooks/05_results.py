@@ -1,3 +1,18 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 5. Results
 #
@@ -26,15 +41,15 @@ device = "auto"          # "auto" (CUDA, then Apple MPS, then CPU), "cuda", "mps
 precision = "auto"       # "auto" (bfloat16 where the hardware has it), "bf16" or "fp32"
 data_dir = ""            # "": download into data/mnist; else a folder with the four files
 run_dir = ""             # "": runs/interactive; `make run` passes a new folder
-quick = False            # True: a smoke run in seconds (MNIST_QUICK=1 sets it too)
+quick = False            # True: a smoke run in seconds; so does MNIST_QUICK in the environment
 
 # %%
 import json
 
 import torch
+from IPython.display import Markdown, display
 
 import utils.runtime as runtime
-from IPython.display import Markdown, display
 from utils.checkpoint import load_trained_model
 from utils.data import load_split
 from utils.fast_batches import FastBatches
@@ -88,6 +103,18 @@ display(Markdown(
     f"{'reached' if final >= 99.4 else 'not reached'} in the final epoch."
 ))
 
+# %% [markdown]
+# The summary must agree with the history it was computed from:
+
+# %% tags=["nbval-check-output"]
+print("final is the last epoch's accuracy:", final == history["test_accuracy"][-1])
+print("best is the highest epoch's accuracy:", best == max(history["test_accuracy"]))
+print("epochs in the summary match the history:", metrics["epochs"] == epochs_run)
+
+# %% [markdown]
+# The lines below are the run's headline numbers; the README quotes them and a test checks
+# that the two agree.
+
 # %% tags=["results"]
 print(f"final test accuracy: {final:.2f}%")
 print(f"best test accuracy: {best:.2f}% (epoch {metrics['best_epoch']})")
@@ -123,6 +150,10 @@ with torch.no_grad(), autocast_context(config.device, config.autocast_dtype):
     predictions = torch.cat([model(images).argmax(dim=1).cpu() for images, _ in test_batches])
 wrong = (predictions != test_labels).nonzero().flatten()
 print(f"{len(wrong)} of {len(test_labels):,} test images misclassified")
+
+# %% tags=["nbval-check-output"]
+print("as many mistakes as the accuracy implies:",
+      len(wrong) == round(len(test_labels) * (100 - test_accuracy) / 100))
 shown = wrong[:30]
 figure = show_digits(test_images[shown],
                      [f"{test_labels[i]} → {predictions[i]}" for i in shown.tolist()],

@@ -7,6 +7,7 @@
 import argparse
 import json
 import resource
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -15,7 +16,6 @@ from pathlib import Path
 import nbformat
 
 from utils import REPO_ROOT
-from utils.runtime import resolve_data_dir
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ["01_data.ipynb", "02_model.ipynb", "03_parameters.ipynb", "04_training.ipynb",
@@ -36,21 +36,42 @@ def new_run_dir(runs_dir):
     raise RuntimeError(f"could not create a new run folder in {runs_dir}")
 
 
-def prepare_data(data_dir):
-    """Check (or, in the default folder, download) MNIST before any run folder exists."""
-    from utils.data import download_mnist, find_mnist_files
+class DataNotReady(RuntimeError):
+    """The data check before the run failed; its message says what is wrong and how to fix it."""
 
-    folder, may_download = resolve_data_dir(data_dir)
-    if may_download:
-        download_mnist(folder)
-    find_mnist_files(folder)
-    return folder
+
+def prepare_data(data_dir):
+    """Check (or, in the default folder, download) MNIST, in a child process; returns the folder.
+
+    The check imports torch; doing it in a child keeps this driver small, so the job's memory is
+    the kernel's. It runs before any run folder exists, so a failure leaves nothing behind.
+    """
+    code = ("import sys\n"
+            "from utils.data import MNISTDataError, download_mnist, load_mnist\n"
+            "from utils.runtime import resolve_data_dir\n"
+            "folder, may_download = resolve_data_dir(sys.argv[1])\n"
+            "try:\n"
+            "    if may_download:\n"
+            "        download_mnist(folder)\n"
+            "    load_mnist(folder)\n"
+            "except MNISTDataError as error:\n"
+            "    sys.exit(str(error))\n"
+            "print(folder)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(data_dir)], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise DataNotReady(result.stderr.strip())
+    return Path(result.stdout.strip().splitlines()[-1])
 
 
 def peak_memory_mb():
-    """Largest resident set of this process and of any finished child (the notebook kernels)."""
-    kilobytes = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    """Resident-memory peak of the job: this driver's own plus the largest child's.
+
+    The children (the data check, then one notebook kernel at a time) run one after another, so
+    this bounds what the job ever held at once.
+    """
+    kilobytes = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                 + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return kilobytes / 1024
 
 
@@ -124,11 +145,9 @@ def main(argv=None):
     if args.command == "store":
         store(args.run_dir)
         return 0
-    from utils.data import MNISTDataError
-
     try:
         run_dir = run(args.data_dir, args.runs_dir, args.quick)
-    except MNISTDataError as error:
+    except DataNotReady as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(run_dir)

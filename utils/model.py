@@ -1,7 +1,7 @@
 """The 13,808-parameter MNIST classifier, defined once for the whole course."""
 
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def conv_block(in_channels, out_channels, dropout, padding=0):

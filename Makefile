@@ -1,0 +1,57 @@
+# The course's commands. `make run` and `make test` set everything up on a fresh machine.
+#   make run   [DATA_DIR=folder]   all notebooks, headless, full parameters, into runs/<time>/
+#   make test  [DATA_DIR=folder]   the test suite (quick notebook runs, nbval, unit tests)
+#   make check                      fast static checks: notebook pairs, code style
+#   make lab                        JupyterLab on the notebooks
+#   make bench [DATA_DIR=folder]   fast training path against the plain torchvision pipeline
+#   make sync                       regenerate each .ipynb's code from its .py twin, and back
+#   make store RUN=runs/<time>      keep a run's executed notebooks (outputs) in notebooks/
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA_DIR ?=
+export MNIST_DATA_DIR := $(DATA_DIR)
+
+.PHONY: venv run test check lab bench sync store clean-venv
+
+venv: $(STAMP)
+
+# The environment is made from requirements.txt when missing or older than it.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m utils.course run --data-dir "$(DATA_DIR)"
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+check: $(STAMP)
+	$(PY) -m utils.pairs notebooks
+	$(PY) -m ruff check utils tests notebooks
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: $(STAMP)
+	$(PY) -m utils.benchmark --data-dir "$(DATA_DIR)" --full
+
+sync: $(STAMP)
+	for twin in notebooks/*.py; do \
+		$(VENV)/bin/jupytext --quiet --to ipynb --update "$$twin" && \
+		$(VENV)/bin/jupytext --quiet --to py:percent "$${twin%.py}.ipynb" || exit 1; \
+	done
+
+store: $(STAMP)
+	test -n "$(RUN)" || { echo "usage: make store RUN=runs/<time>"; exit 2; }
+	$(PY) -m utils.course store "$(RUN)"
+	$(MAKE) sync
+
+clean-venv:
+	rm -rf $(VENV)

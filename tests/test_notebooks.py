@@ -1,0 +1,167 @@
+"""The notebooks as a course: their pairs, their shared parameters, and real headless runs.
+
+The quick runs execute every cell of every notebook with papermill (a smoke run: 2 epochs on
+2,000 training images, the full test set), once started from the repository root and once from
+another folder, with the same seed; they must agree bit for bit.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import papermill
+import pytest
+import torch
+
+from utils import REPO_ROOT, course
+from utils.pairs import pair_problems
+
+NOTEBOOKS = [REPO_ROOT / "notebooks" / name for name in course.NOTEBOOKS]
+TIMING_KEYS = {"wall_seconds", "epoch_seconds"}
+FIGURES = ["digits.png", "augmentation.png", "metrics.png", "misclassified.png"]
+
+
+def code_cells(path):
+    return [cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+
+
+def test_every_notebook_is_listed_and_paired():
+    on_disk = sorted(path.name for path in (REPO_ROOT / "notebooks").glob("*.ipynb"))
+    assert on_disk == course.NOTEBOOKS
+    assert pair_problems(REPO_ROOT / "notebooks") == []
+
+
+def test_a_desynchronised_pair_is_caught(tmp_path):
+    copy = tmp_path / "notebooks"
+    shutil.copytree(REPO_ROOT / "notebooks", copy)
+    twin = copy / "02_model.py"
+    twin.write_text(twin.read_text().replace("model = Net(", "model  =  Net(", 1))
+    problems = pair_problems(copy)
+    assert len(problems) == 1 and "02_model" in problems[0]
+
+
+def test_a_missing_twin_is_caught(tmp_path):
+    copy = tmp_path / "notebooks"
+    shutil.copytree(REPO_ROOT / "notebooks", copy)
+    (copy / "05_results.py").unlink()
+    assert any("05_results.ipynb: no .py twin" in problem for problem in pair_problems(copy))
+
+
+def test_every_notebook_starts_with_the_same_parameters_cell():
+    first_cells = [code_cells(path)[0] for path in NOTEBOOKS]
+    assert all("parameters" in cell.metadata.get("tags", []) for cell in first_cells)
+    assert len({cell.source for cell in first_cells}) == 1
+    names = {line.split("=")[0].strip() for line in first_cells[0].source.splitlines()}
+    assert {"epochs", "batch_size", "learning_rate", "momentum", "seed", "data_dir", "run_dir",
+            "train_subset", "quick"} <= names
+
+
+def test_every_notebook_stores_its_kernelspec():
+    for path in NOTEBOOKS:
+        assert nbformat.read(path, as_version=4).metadata["kernelspec"]["name"] == "python3"
+
+
+def test_every_notebook_compares_at_least_three_cells():
+    for path in NOTEBOOKS:
+        checked = [cell for cell in code_cells(path)
+                   if "nbval-check-output" in cell.metadata.get("tags", [])]
+        assert len(checked) >= 3, f"{path.name} compares only {len(checked)} cells"
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory, mnist_dir):
+    """Two quick main jobs, same seed: one in-process from the repo root, one from elsewhere."""
+    here = course.run(data_dir=mnist_dir, runs_dir=tmp_path_factory.mktemp("from-root"),
+                      quick=True)
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    result = subprocess.run(
+        [sys.executable, "-m", "utils.course", "run", "--quick", "--data-dir", str(mnist_dir),
+         "--runs-dir", str(elsewhere / "runs")],
+        cwd=elsewhere, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    printed_last = result.stdout.strip().splitlines()[-1]
+    return here, elsewhere / "runs" / printed_last.rsplit("/", 1)[-1], printed_last
+
+
+def test_the_main_job_prints_its_run_folder_last(quick_runs):
+    _, elsewhere, printed_last = quick_runs
+    assert printed_last == str(elsewhere)
+
+
+def test_a_quick_run_writes_notebooks_metrics_figures_checkpoint(quick_runs):
+    run_dir = quick_runs[0]
+    for name in course.NOTEBOOKS + FIGURES + ["history.json", "parameters.json", "job.json"]:
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == len(metrics["test_accuracy"]) == 2
+    assert metrics["final_test_accuracy"] == metrics["test_accuracy"][-1]
+    assert metrics["best_test_accuracy"] == max(metrics["test_accuracy"])
+    assert metrics["wall_seconds"] > 0 and metrics["parameters"] == 13808
+    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 2
+
+
+def test_executed_notebooks_keep_no_error_and_every_cell_ran(quick_runs):
+    for name in course.NOTEBOOKS:
+        for cell in code_cells(quick_runs[0] / name):
+            assert cell.execution_count is not None, f"{name}: a cell did not run"
+            assert all(out.output_type != "error" for out in cell.outputs), name
+
+
+def test_same_seed_gives_identical_runs_from_any_folder(quick_runs):
+    here, elsewhere, _ = quick_runs
+    assert (here / "history.json").read_bytes() == (elsewhere / "history.json").read_bytes()
+    strip = lambda path: {k: v for k, v in json.loads(path.read_text()).items()  # noqa: E731
+                          if k not in TIMING_KEYS}
+    assert strip(here / "metrics.json") == strip(elsewhere / "metrics.json")
+    assert (here / "checkpoint.pt").stat().st_size > 0
+
+
+def test_a_different_seed_gives_different_numbers(quick_runs, mnist_dir, tmp_path):
+    papermill.execute_notebook(
+        NOTEBOOKS[3], tmp_path / "04.ipynb", cwd=NOTEBOOKS[3].parent, progress_bar=False,
+        parameters={"seed": 2, "quick": True, "data_dir": str(mnist_dir), "run_dir": str(tmp_path)},
+    )
+    other = json.loads((tmp_path / "history.json").read_text())
+    first = json.loads((quick_runs[0] / "history.json").read_text())
+    assert other["test_accuracy"] != first["test_accuracy"]
+    assert other["step_train_loss"] != first["step_train_loss"]
+
+
+@pytest.mark.parametrize("name, value, fragment", [
+    ("epochs", 0, "epochs=0"),
+    ("learning_rate", -0.1, "learning_rate=-0.1"),
+    ("momentum", 1.0, "momentum=1.0"),
+    ("device", "tpu", "device='tpu' is unknown"),
+    ("mean_std", [0.1], "mean_std=[0.1]"),
+])
+def test_a_bad_parameter_stops_the_notebook_before_any_data(tmp_path, name, value, fragment):
+    output = tmp_path / "out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        papermill.execute_notebook(
+            NOTEBOOKS[3], output, cwd=NOTEBOOKS[3].parent, progress_bar=False,
+            parameters={name: value, "data_dir": str(tmp_path / "no-data"),
+                        "run_dir": str(tmp_path / "run")},
+        )
+    assert failure.value.ename == "ParameterError" and fragment in failure.value.evalue
+    cells = code_cells(output)
+    failed = next(i for i, cell in enumerate(cells)
+                  if any(out.output_type == "error" for out in cell.outputs))
+    assert "Settings(" in cells[failed].source  # the settings cell, before the data is read
+    assert all(cell.execution_count is None for cell in cells[failed + 1:])
+
+
+def test_missing_data_fails_with_one_message_and_leaves_no_run_folder(tmp_path):
+    empty, runs = tmp_path / "empty", tmp_path / "runs"
+    empty.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "utils.course", "run", "--data-dir", str(empty), "--runs-dir",
+         str(runs)], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert str(empty) in result.stderr and "train-images-idx3-ubyte" in result.stderr
+    assert "DATA_DIR" in result.stderr
+    assert not runs.exists() and list(empty.iterdir()) == []
