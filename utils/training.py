@@ -70,12 +70,12 @@ def train_one_epoch(model, batches, optimizer, scheduler=None, device="cpu", aut
     }
 
 
-def check_finite(loss, epoch, step, learning_rate):
+def check_finite(loss, epoch, step, learning_rate, name="training loss"):
     """Stop training with a message that says where, when the loss is NaN or infinite."""
-    value = loss.item()
+    value = loss.item() if torch.is_tensor(loss) else float(loss)
     if not math.isfinite(value):
         raise TrainingDiverged(
-            f"training loss became {value} at epoch {epoch}, step {step} "
+            f"{name} became {value} at epoch {epoch}, step {step} "
             f"(learning rate {learning_rate:.4g}); no checkpoint was written for this epoch. "
             "Lower the learning rate or check the input normalisation."
         )
@@ -126,6 +126,10 @@ def fit(model, train_batches, test_batches, optimizer, scheduler, epochs, device
         train = train_one_epoch(model, train_batches, optimizer, scheduler, device,
                                 autocast_dtype, epoch, progress)
         test_loss, test_accuracy = evaluate(model, test_batches, device, autocast_dtype)
+        # the epoch's last update is seen by no training loss: a finite loss can still leave
+        # overflowed weights or batch-norm statistics, which must not reach the checkpoint
+        check_finite(test_loss, epoch, len(train["batch_losses"]),
+                     current_learning_rate(optimizer), name="test loss")
         record_epoch(history, train, test_loss, test_accuracy, learning_rate)
         epoch_seconds.append(time.perf_counter() - started)
         log(epoch_line(epoch, epochs, history, epoch_seconds[-1]))
