@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from utils import runtime
-from utils.runtime import QUICK_EPOCHS, QUICK_TRAIN_SUBSET, ParameterError, Settings, choose_device
+from utils.runtime import (
+    QUICK_EPOCHS,
+    QUICK_TRAIN_SUBSET,
+    ParameterError,
+    Settings,
+    check_training_parameters,
+    choose_device,
+)
 
 NO_CUDA = not torch.cuda.is_available()
 NO_MPS = not torch.backends.mps.is_available()
@@ -137,3 +144,10 @@ def test_mnist_quick_0_or_empty_leaves_it_off(tmp_path, monkeypatch, value):
 def test_quick_mode_still_rejects_bad_epochs(tmp_path):
     with pytest.raises(ParameterError, match="epochs=0"):
         Settings(**good_parameters(tmp_path, quick=True, epochs=0))
+
+
+@pytest.mark.parametrize("value", [True, float("inf"), float("nan")])
+def test_learning_rate_must_be_a_finite_number(value):
+    with pytest.raises(ParameterError, match="learning_rate="):
+        check_training_parameters(epochs=1, batch_size=1, learning_rate=value, momentum=0.9,
+                                  seed=0, train_subset=0, max_degrees=7.0)

@@ -20,7 +20,10 @@ def save_atomically(obj, path):
     path = Path(path)
     temporary = path.with_name(path.name + ".partial")
     try:
-        torch.save(obj, temporary)
+        with open(temporary, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())  # on disk before the rename, so a power cut cannot lose both
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
 """Device, seeding, the environment report, and checks on a notebook's parameters."""
 
+import math
 import os
 import platform
 import random
@@ -114,20 +115,26 @@ def is_whole_number(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_number(value):
+    """A finite int or float; True, False, NaN and infinity are not numbers here."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def check_training_parameters(epochs, batch_size, learning_rate, momentum, seed, train_subset,
                               max_degrees):
     """Stop before any data is read when a training parameter is outside its allowed range."""
     require(is_whole_number(epochs) and epochs >= 1, "epochs", epochs, "a whole number >= 1")
     require(is_whole_number(batch_size) and batch_size >= 1, "batch_size", batch_size,
             "a whole number >= 1")
-    require(isinstance(learning_rate, (int, float)) and learning_rate > 0, "learning_rate",
+    require(is_number(learning_rate) and learning_rate > 0, "learning_rate",
             learning_rate, "a number > 0")
-    require(isinstance(momentum, (int, float)) and 0 <= momentum < 1, "momentum", momentum,
+    require(is_number(momentum) and 0 <= momentum < 1, "momentum", momentum,
             "a number in [0, 1)")
     require(is_whole_number(seed) and seed >= 0, "seed", seed, "a whole number >= 0")
     require(is_whole_number(train_subset) and train_subset >= 0, "train_subset", train_subset,
             "0 (all 60,000 images) or a positive number of images")
-    require(isinstance(max_degrees, (int, float)) and 0 <= max_degrees <= 180, "max_degrees",
+    require(is_number(max_degrees) and 0 <= max_degrees <= 180, "max_degrees",
             max_degrees, "a number of degrees in [0, 180]")
 
 
@@ -138,7 +145,7 @@ def check_normalisation(mean_std):
     require(isinstance(mean_std, (list, tuple)) and len(mean_std) == 2, "mean_std", mean_std,
             "None, or a list of two numbers [mean, std] for the one grey channel")
     mean, std = mean_std
-    require(isinstance(mean, (int, float)) and isinstance(std, (int, float)) and std > 0,
+    require(is_number(mean) and is_number(std) and std > 0,
             "mean_std", mean_std, "two numbers [mean, std] with std > 0")
 
 
@@ -157,7 +164,7 @@ class Settings:
             train_subset = QUICK_TRAIN_SUBSET
         check_training_parameters(epochs, batch_size, learning_rate, momentum, seed,
                                   train_subset, max_degrees)
-        require(isinstance(dropout, (int, float)) and 0 <= dropout < 1, "dropout", dropout,
+        require(is_number(dropout) and 0 <= dropout < 1, "dropout", dropout,
                 "a probability in [0, 1)")
         check_normalisation(mean_std)
         self.epochs, self.batch_size = epochs, batch_size
