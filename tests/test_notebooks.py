@@ -165,3 +165,21 @@ def test_missing_data_fails_with_one_message_and_leaves_no_run_folder(tmp_path):
     assert str(empty) in result.stderr and "train-images-idx3-ubyte" in result.stderr
     assert "DATA_DIR" in result.stderr
     assert not runs.exists() and list(empty.iterdir()) == []
+
+
+def test_a_jupyterlab_kernel_imports_utils_from_this_repository(tmp_path):
+    """The kernel JupyterLab starts for the stored kernelspec, in a notebook's folder."""
+    from jupyter_client.manager import start_new_kernel
+
+    printed = []
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        reply = client.execute_interactive(
+            "import sys, utils; print(sys.executable); print(utils.REPO_ROOT)", timeout=60,
+            output_hook=lambda message: printed.append(message["content"].get("text", "")))
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert reply["content"]["status"] == "ok"
+    executable, root = "".join(printed).split()
+    assert executable == sys.executable and root == str(REPO_ROOT)
