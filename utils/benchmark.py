@@ -59,6 +59,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for training (default: torch's own choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true",
+                        help="also list the operations that take the fast path's time")
     parser.add_argument("--full", action="store_true",
                         help="then train with the fast path until --epochs, reporting when the "
                              f"test accuracy first reaches {TARGET_ACCURACY}%%")
@@ -150,6 +152,31 @@ def input_only_throughput(batches, images):
     seconds = time.perf_counter() - started
     stream.close()
     return seen / seconds
+
+
+def fast_path_profile(train, args, autocast_dtype, steps=10):
+    """Lines naming the operations that take the fast path's time, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile  # only --profile needs it
+
+    model, optimizer = new_model_and_optimizer(args.seed, channels_last=True)
+    stream = endless(fast_batches(train, args.max_degrees, args.seed))
+
+    def train(count):
+        training.train_one_epoch(model, NextBatches(stream, count), optimizer, device=DEVICE,
+                                 autocast_dtype=autocast_dtype, progress=False)
+
+    train(2)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        train(steps)
+    stream.close()
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(event.self_cpu_time_total for event in events)
+    lines = [f"where the fast path's time goes ({steps} steps, torch.profiler, self time; "
+             f"{total / 1000 / steps:.1f} ms/step in all):"]
+    for event in events[:10]:
+        lines.append(f"  {event.key:<40} {event.self_cpu_time_total / 1000 / steps:7.2f} ms/step "
+                     f"{100 * event.self_cpu_time_total / total:5.1f}%")
+    return lines
 
 
 def alternate_measurements(train, args, autocast_dtype):
@@ -245,6 +272,8 @@ def main(argv=None):
           f"({1000 * BATCH_SIZE / inputs_fast:.1f} ms per fast batch)")
     for line in peak_memory_lines():
         print(line)
+    if args.profile:
+        print("\n".join(fast_path_profile(data["train"], args, autocast_dtype)))
 
     if args.full:
         print(f"full run, fast path, {args.epochs} epochs, one-cycle schedule peaking at "
