@@ -157,6 +157,23 @@ def test_checkpoint_is_read_onto_the_cpu_with_weights_only(trained_checkpoint, m
     assert calls[0]["weights_only"] is True
 
 
+def test_a_file_whose_tensors_are_tagged_cuda_loads_on_the_cpu(tmp_path, monkeypatch):
+    """No GPU needed: torch.save records each tensor's device as a tag ("cuda:0" for a tensor
+    saved from a GPU), and the tag alone decides where torch.load puts it. Tagging every tensor
+    "cuda:0" while saving writes the file a GPU run writes."""
+    model = Net()
+    path = tmp_path / "tagged-cuda.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save({"model": model.state_dict()}, path)
+    if not torch.cuda.is_available():  # the file really is a GPU one: a plain load refuses it
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    loaded = load_trained_model(path)
+    assert all(tensor.device.type == "cpu" for tensor in loaded.state_dict().values())
+    assert_same_weights(loaded, model)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA to save tensors from it")
 def test_checkpoint_saved_on_cuda_loads_on_the_cpu(tmp_path):
     model = Net().cuda()

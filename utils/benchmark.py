@@ -29,9 +29,8 @@ from utils import runtime, training
 from utils.data import MNISTImages, load_mnist
 from utils.fast_batches import FastBatches
 from utils.model import Net
-from utils.transforms import train_transforms
+from utils.transforms import pixel_mean_std, train_transforms
 
-MEAN, STD = 0.1307, 0.3081  # the training pixels' (shared/datasets/README.md)
 BATCH_SIZE = 128
 TEST_BATCH_SIZE = 1000
 LEARNING_RATE, MOMENTUM = 0.05, 0.9  # constant while measuring: the schedule costs no time
@@ -74,14 +73,16 @@ def parse_arguments(argv=None):
 
 def plain_batches(train, max_degrees, seed):
     """The reference recipe: torchvision transforms per PIL image, in DataLoader workers."""
-    dataset = MNISTImages(*train, transform=train_transforms(MEAN, STD, max_degrees))
+    mean, std = pixel_mean_std(train[0])
+    dataset = MNISTImages(*train, transform=train_transforms(mean, std, max_degrees))
     return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=LOADER_WORKERS,
                       generator=torch.Generator().manual_seed(seed))
 
 
 def fast_batches(train, max_degrees, seed):
     """The notebooks' recipe: the same augmentation on whole batches of in-memory tensors."""
-    return FastBatches(*train, BATCH_SIZE, MEAN, STD, max_degrees=max_degrees, shuffle=True,
+    mean, std = pixel_mean_std(train[0])
+    return FastBatches(*train, BATCH_SIZE, mean, std, max_degrees=max_degrees, shuffle=True,
                        seed=seed, device=DEVICE, channels_last=True)
 
 
@@ -220,7 +221,8 @@ def schedule_for(optimizer, epochs, steps_per_epoch):
 def full_training_run(data, args, autocast_dtype):
     """Train to the end with the fast path; return when the test accuracy reached the target."""
     train_batches = fast_batches(data["train"], args.max_degrees, args.seed)
-    test_batches = FastBatches(*data["test"], TEST_BATCH_SIZE, MEAN, STD, device=DEVICE,
+    mean, std = pixel_mean_std(data["train"][0])  # normalised with the training statistics
+    test_batches = FastBatches(*data["test"], TEST_BATCH_SIZE, mean, std, device=DEVICE,
                                channels_last=True)
     model, optimizer = new_model_and_optimizer(args.seed, channels_last=True)
     scheduler = schedule_for(optimizer, args.epochs, len(train_batches))
