@@ -8,10 +8,12 @@ for the same number of images after a warm-up that is not timed:
 - plain: MNISTImages + the reference torchvision transforms, one PIL image at a time, through a
   DataLoader with 2 worker processes (a typical recipe), fp32, contiguous memory;
 - fast: FastBatches (a batch at a time, in memory), channels-last memory, bfloat16 autocast
-  where the CPU runs it natively, else fp32.
+  where the CPU runs it natively, else fp32, and FastDropout: notebook 4's path;
+- fast, nn.Dropout: the same with torch's own dropout, to show what FastDropout adds.
 
-The two alternate (plain, fast, plain, fast, ...) and the medians are compared, so that a burst
-of load from other work on a shared machine hits both. The last line printed is the speedup.
+The paths alternate (plain, fast, fast with nn.Dropout, plain, ...) and their medians are
+compared, so that a burst of load from other work on a shared machine hits all of them. The
+last line printed is the speedup of fast over plain.
 """
 
 import argparse
@@ -28,6 +30,7 @@ from torch.utils.data import DataLoader
 from utils import runtime, training
 from utils.data import MNISTImages, load_mnist
 from utils.fast_batches import FastBatches
+from utils.fast_dropout import use_fast_dropout
 from utils.model import Net
 from utils.transforms import pixel_mean_std, train_transforms
 
@@ -116,18 +119,22 @@ class NextBatches:
 # measuring
 
 
-def new_model_and_optimizer(seed, channels_last):
+def new_model_and_optimizer(seed, fast, fast_dropout=True):
+    """Net and SGD; with `fast`, as notebook 4 trains it: channels-last, FastDropout."""
     torch.manual_seed(seed)
     model = Net().to(DEVICE)
-    if channels_last:
+    if fast:
         model = model.to(memory_format=torch.channels_last)
+    if fast and fast_dropout:
+        model = use_fast_dropout(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
     return model, optimizer
 
 
-def training_throughput(batches, channels_last, autocast_dtype, images, warmup_images, seed):
+def training_throughput(batches, fast, autocast_dtype, images, warmup_images, seed,
+                        fast_dropout=True):
     """Images per second of train_one_epoch over `images` images, after an untimed warm-up."""
-    model, optimizer = new_model_and_optimizer(seed, channels_last)
+    model, optimizer = new_model_and_optimizer(seed, fast, fast_dropout)
     stream = endless(batches)
 
     def train(count):
@@ -159,7 +166,7 @@ def fast_path_profile(train, args, autocast_dtype, steps=10):
     """Lines naming the operations that take the fast path's time, from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile  # only --profile needs it
 
-    model, optimizer = new_model_and_optimizer(args.seed, channels_last=True)
+    model, optimizer = new_model_and_optimizer(args.seed, fast=True)
     stream = endless(fast_batches(train, args.max_degrees, args.seed))
 
     def train(count):
@@ -181,17 +188,23 @@ def fast_path_profile(train, args, autocast_dtype, steps=10):
 
 
 def alternate_measurements(train, args, autocast_dtype):
-    """Throughput of plain and fast, measured in turn `args.repeats` times each."""
-    rates = {"plain": [], "fast": []}
+    """Throughput of plain, fast, and fast with nn.Dropout, in turn, `args.repeats` times each.
+
+    The third path is the fast one with torch's own dropout: the gap to "fast" is what
+    FastDropout gains, the gap to "plain" what the batches, channels-last and bfloat16 gain.
+    """
+    rates = {"plain": [], "fast": [], "fast, nn.Dropout": []}
     for repeat in range(1, args.repeats + 1):
+        common = (args.images, args.warmup_images, args.seed)
         plain = plain_batches(train, args.max_degrees, args.seed + repeat)
-        rates["plain"].append(training_throughput(plain, False, None, args.images,
-                                                  args.warmup_images, args.seed))
+        rates["plain"].append(training_throughput(plain, False, None, *common))
         fast = fast_batches(train, args.max_degrees, args.seed + repeat)
-        rates["fast"].append(training_throughput(fast, True, autocast_dtype, args.images,
-                                                 args.warmup_images, args.seed))
-        print(f"  round {repeat}/{args.repeats}:  plain {rates['plain'][-1]:7.0f} img/s  "
-              f"fast {rates['fast'][-1]:7.0f} img/s", flush=True)
+        rates["fast"].append(training_throughput(fast, True, autocast_dtype, *common))
+        fast = fast_batches(train, args.max_degrees, args.seed + repeat)
+        rates["fast, nn.Dropout"].append(training_throughput(fast, True, autocast_dtype, *common,
+                                                             fast_dropout=False))
+        print(f"  round {repeat}/{args.repeats}:  " + "  ".join(
+            f"{path} {values[-1]:5.0f} img/s" for path, values in rates.items()), flush=True)
     return rates
 
 
@@ -201,11 +214,11 @@ def load_average():
 
 
 def peak_memory_lines():
-    """Peak resident memory so far: this process (both paths together) and its largest child."""
+    """Peak resident memory so far: this process (all paths together) and its largest child."""
     # ru_maxrss is in KiB on Linux
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return [f"peak resident memory, whole process (both paths, not per path): {own:.0f} MiB",
+    return [f"peak resident memory, whole process (all paths together, not per path): {own:.0f} MiB",
             f"peak resident memory, largest DataLoader worker: {child:.0f} MiB"]
 
 
@@ -224,7 +237,7 @@ def full_training_run(data, args, autocast_dtype):
     mean, std = pixel_mean_std(data["train"][0])  # normalised with the training statistics
     test_batches = FastBatches(*data["test"], TEST_BATCH_SIZE, mean, std, device=DEVICE,
                                channels_last=True)
-    model, optimizer = new_model_and_optimizer(args.seed, channels_last=True)
+    model, optimizer = new_model_and_optimizer(args.seed, fast=True)
     scheduler = schedule_for(optimizer, args.epochs, len(train_batches))
     history, epoch_seconds = training.fit(model, train_batches, test_batches, optimizer,
                                           scheduler, args.epochs, DEVICE, autocast_dtype,
@@ -258,12 +271,13 @@ def main(argv=None):
           f"{os.cpu_count()} CPUs, {load_average()}")
     print(f"plain: MNISTImages + torchvision transforms, DataLoader with {LOADER_WORKERS} "
           "workers, fp32, contiguous")
-    print(f"fast:  FastBatches, channels-last, {precision}")
+    print(f"fast:  FastBatches, channels-last, {precision}, FastDropout (notebook 4's path)")
     print(f"each measurement: {args.warmup_images} images warm-up (not timed), then "
           f"{args.images} images timed; {args.repeats} rounds, alternating", flush=True)
 
     rates = alternate_measurements(data["train"], args, autocast_dtype)
-    plain, fast = statistics.median(rates["plain"]), statistics.median(rates["fast"])
+    medians = {path: statistics.median(values) for path, values in rates.items()}
+    plain, fast = medians["plain"], medians["fast"]
 
     inputs_plain = input_only_throughput(plain_batches(data["train"], args.max_degrees, 0),
                                          args.images)
@@ -283,8 +297,10 @@ def main(argv=None):
         print(full_training_run(data, args, autocast_dtype))
 
     print(f"after the measurements: {load_average()}")
-    print(f"training throughput, median of {args.repeats}: plain {plain:.0f} img/s, "
-          f"fast {fast:.0f} img/s")
+    print(f"training throughput, median of {args.repeats}: " + ", ".join(
+        f"{path} {rate:.0f} img/s" for path, rate in medians.items()))
+    print(f"FastDropout alone: {fast / medians['fast, nn.Dropout']:.2f}x over nn.Dropout on "
+          "the fast path")
     print(f"speedup: {fast / plain:.2f}x (fast {fast:.0f} img/s / plain {plain:.0f} img/s)")
 
 
