@@ -14,6 +14,8 @@ import utils.data
 from utils.data import CANONICAL_FILES, MNISTDataError, download_mnist, load_mnist, load_split
 
 TIMEOUT = 0.5  # seconds; the stalling mirror holds its answer much longer than this
+DEADLINE = 1.0  # seconds for a whole file; the trickling mirror would take minutes
+TRICKLE_INTERVAL = 0.02  # seconds between its bytes: well inside TIMEOUT, so never "stalled"
 HTML_PAGE = b"<!DOCTYPE html>\n<html><body><h1>Moved</h1></body></html>\n"
 
 
@@ -48,6 +50,19 @@ class MirrorHandler(BaseHTTPRequestHandler):
     def answer_stall(self, body):
         self.server.release.wait(30)  # never answer while the test runs
 
+    def answer_trickle(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        for byte in body:
+            if self.server.release.wait(TRICKLE_INTERVAL):
+                return
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:  # the client gave up, as it should
+                return
+
     def answer_truncated(self, body):
         self.send_body(body[: len(body) // 2], length=len(body))
 
@@ -73,6 +88,7 @@ BAD_BEHAVIOURS = {
     "missing": "HTTP 404",
     "unavailable": "HTTP 503",
     "stall": "stalled",
+    "trickle": "too slow",
     "truncated": "truncated",
     "cut": "corrupt gzip",
     "html": "HTML page",
@@ -120,7 +136,8 @@ def tiny_download(server, tiny_mnist):
         for key in CANONICAL_FILES
     ]
     return functools.partial(
-        download_mnist, timeout=TIMEOUT, resources=resources, expected=tiny_mnist.expected
+        download_mnist, timeout=TIMEOUT, deadline=DEADLINE, resources=resources,
+        expected=tiny_mnist.expected
     )
 
 

@@ -218,7 +218,7 @@ def peak_memory_lines():
     # ru_maxrss is in KiB on Linux
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return [f"peak resident memory, whole process (all paths together, not per path): {own:.0f} MiB",
+    return [f"peak resident memory, whole process (all paths together): {own:.0f} MiB",
             f"peak resident memory, largest DataLoader worker: {child:.0f} MiB"]
 
 

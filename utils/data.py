@@ -12,6 +12,7 @@ import http.client
 import os
 import struct
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -339,20 +340,25 @@ def _key_for(filename, expected):
     raise ValueError(f"{filename} is not one of the MNIST files {list(expected)}")
 
 
-def _fetch(url, destination, timeout):
+def _fetch(url, destination, timeout, deadline):
     """Stream `url` into the open file `destination`; raise _MirrorFailed on any failure.
 
-    NOTE: `timeout` bounds each wait for data, not the whole transfer, so a mirror that trickles
-    a byte at a time is not abandoned; a deadline checked per chunk would fix that.
+    `timeout` bounds each wait for data, so a mirror that stops sending is abandoned; `deadline`
+    bounds the whole transfer, so one that trickles a few bytes at a time is abandoned too.
     """
     stalled = f"stalled: no data for {timeout} s"
+    started = time.monotonic()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             announced = response.headers.get("Content-Length")
             received = 0
-            while chunk := response.read(1 << 16):
+            # read1 returns what has arrived, so the deadline is checked however slow the flow
+            while chunk := response.read1(1 << 16):
                 destination.write(chunk)
                 received += len(chunk)
+                if time.monotonic() - started > deadline:
+                    raise _MirrorFailed(f"too slow: {received:,} bytes in {deadline:g} s, the "
+                                        "time allowed for the whole file")
     except urllib.error.HTTPError as error:
         raise _MirrorFailed(f"HTTP {error.code} {error.reason}") from error
     except TimeoutError as error:
@@ -413,7 +419,7 @@ def _check_existing(path, key, expected):
         ) from error
 
 
-def _download_one(data_dir, filename, gz_md5, key, mirrors, timeout, expected):
+def _download_one(data_dir, filename, gz_md5, key, mirrors, timeout, deadline, expected):
     """Try each mirror in turn for one file and rename the first verified copy into place.
 
     Raises MNISTDataError listing every URL tried and what happened when all of them fail.
@@ -430,7 +436,7 @@ def _download_one(data_dir, filename, gz_md5, key, mirrors, timeout, expected):
         part = Path(handle.name)
         try:
             with handle:
-                _fetch(url, handle, timeout)
+                _fetch(url, handle, timeout, deadline)
             _check_download(part, key, gz_md5, expected)
             os.replace(part, target)
             return
@@ -447,14 +453,16 @@ def _download_one(data_dir, filename, gz_md5, key, mirrors, timeout, expected):
     )
 
 
-def download_mnist(data_dir, mirrors=None, timeout=20.0, resources=None, expected=None):
+def download_mnist(data_dir, mirrors=None, timeout=20.0, deadline=600.0, resources=None,
+                   expected=None):
     """Fetch the four MNIST .gz files into `data_dir` and return its path.
 
     Mirrors and file names come from torchvision.datasets.MNIST unless `mirrors` and
     `resources` ([(file name, MD5 of the .gz)]) override them; `expected` overrides the table of
     decompressed sizes and MD5s (CANONICAL_FILES). Each mirror is tried in turn, with `timeout`
-    seconds for any stalled read. A file is written under a temporary name and renamed only once
-    gzip, IDX and both checksums agree; files already present and valid are kept as they are.
+    seconds for any stalled read and `deadline` seconds for a whole file. A file is written
+    under a temporary name and renamed only once gzip, IDX and both checksums agree; files
+    already present and valid are kept as they are.
     """
     if mirrors is None or resources is None:
         known_mirrors, known_resources = _torchvision_tables()
@@ -470,5 +478,5 @@ def download_mnist(data_dir, mirrors=None, timeout=20.0, resources=None, expecte
         if target.exists():
             _check_existing(target, key, expected)
             continue
-        _download_one(data_dir, filename, gz_md5, key, mirrors, timeout, expected)
+        _download_one(data_dir, filename, gz_md5, key, mirrors, timeout, deadline, expected)
     return data_dir
