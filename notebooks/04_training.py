@@ -136,13 +136,13 @@ runtime.seed_everything(config.seed)  # the comparison drew random numbers: star
 #
 # A third is particular to small models on a CPU. `nn.Dropout` draws one random number per
 # activation, one after another, and this model has many activations and little arithmetic per
-# activation: on this course's machine the dropout masks took more than half of every training
-# step. `use_fast_dropout` swaps each `nn.Dropout` of the model for a `FastDropout`, which is
-# the same dropout (each activation dropped on its own with probability p, the survivors scaled
-# by 1/(1 - p)) with its mask made from 16 random bits per activation, four activations per
-# 64-bit draw. The weights, the checkpoint and the evaluation are unchanged; the one difference
-# is that p is rounded to a multiple of 1/65,536. `make bench` measures what the fast path
-# gains in all.
+# activation, so drawing the dropout masks can take longer than the convolutions themselves.
+# `use_fast_dropout` swaps each `nn.Dropout` of the model for a `FastDropout`, which is the
+# same dropout (each activation dropped on its own with probability p, the survivors scaled by
+# 1/(1 - p)) with its mask made from 16 random bits per activation, four activations per 64-bit
+# draw. The weights, the checkpoint and the evaluation are unchanged; the one difference is
+# that p is rounded to a multiple of 1/65,536. `make bench` measures what `FastDropout` gains
+# on its own and what the fast path gains in all; the README quotes the figures.
 
 # %% tags=["nbval-check-output"]
 dropout = FastDropout(config.dropout)
