@@ -11,8 +11,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DATA_DIR ?=
-export MNIST_DATA_DIR := $(DATA_DIR)
+DATA_DIR ?= $(MNIST_DATA_DIR)
+# A relative DATA_DIR is taken from here, the repository root: nbval and papermill start the
+# kernels in notebooks/, where the same relative path would point elsewhere. (Not $(abspath):
+# it would split a folder name with spaces.)
+DATA_IS_ABSOLUTE := $(filter /% ~%,$(firstword $(DATA_DIR)))
+DATA_PATH := $(if $(strip $(DATA_DIR)),$(if $(DATA_IS_ABSOLUTE),$(DATA_DIR),$(CURDIR)/$(DATA_DIR)))
+export MNIST_DATA_DIR := $(DATA_PATH)
 
 .PHONY: venv run test check lab bench sync store clean-venv
 
@@ -27,7 +32,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m utils.course run --data-dir "$(DATA_DIR)"
+	$(PY) -m utils.course run --data-dir "$(DATA_PATH)"
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -40,7 +45,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks
 
 bench: $(STAMP)
-	$(PY) -m utils.benchmark --data-dir "$(DATA_DIR)" --full
+	$(PY) -m utils.benchmark --data-dir "$(DATA_PATH)" --full
 
 sync: $(STAMP)
 	for twin in notebooks/*.py; do \
