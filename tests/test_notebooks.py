@@ -63,6 +63,15 @@ def test_every_notebook_stores_its_kernelspec():
         assert nbformat.read(path, as_version=4).metadata["kernelspec"]["name"] == "python3"
 
 
+def test_stored_outputs_name_no_folder_of_the_machine_that_ran_them():
+    """A reader's copy shows results, not where the run folder happened to be."""
+    for path in NOTEBOOKS:
+        for cell in code_cells(path):
+            text = json.dumps(cell.outputs)
+            for folder in (str(REPO_ROOT), "/tmp/", "runs/", "PosixPath("):
+                assert folder not in text, f"{path.name}: an output shows {folder!r}"
+
+
 def test_every_notebook_compares_at_least_three_cells():
     for path in NOTEBOOKS:
         checked = [cell for cell in code_cells(path)
@@ -102,6 +111,17 @@ def test_a_quick_run_writes_notebooks_metrics_figures_checkpoint(quick_runs):
     assert metrics["wall_seconds"] > 0 and metrics["parameters"] == 13808
     checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 2
+    job = json.loads((run_dir / "job.json").read_text())
+    assert set(job["notebook_seconds"]) == set(course.NOTEBOOKS) and job["quick"] is True
+    assert job["peak_memory_mb"] > 0 and job["cpu"] and job["cpu_count"] >= 1
+
+
+def test_the_job_driver_does_not_load_torch():
+    """The job's peak memory is the driver's plus the largest child's; torch lives in the child."""
+    result = subprocess.run([sys.executable, "-c", "import sys, utils.course; "
+                             "print(sorted({'torch', 'torchvision'} & set(sys.modules)))"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_executed_notebooks_keep_no_error_and_every_cell_ran(quick_runs):

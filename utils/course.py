@@ -6,6 +6,7 @@
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from utils import REPO_ROOT
+from utils import REPO_ROOT, cpu_name
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ["01_data.ipynb", "02_model.ipynb", "03_parameters.ipynb", "04_training.ipynb",
@@ -104,6 +105,8 @@ def run(data_dir="", runs_dir=REPO_ROOT / "runs", quick=False, extra_parameters=
     job = {
         "wall_seconds": round(time.perf_counter() - started, 1),
         "peak_memory_mb": round(peak_memory_mb(), 1),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
         "notebook_seconds": seconds,
         "quick": quick,
     }

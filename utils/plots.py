@@ -1,11 +1,18 @@
 """Figures for the notebooks; each is saved as a PNG in the run folder as well as shown."""
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 
 
 def save_figure(figure, path):
+    """Write `figure` to `path` as a PNG and say so by file name; the notebook shows it inline.
+
+    The line names the file only, not the run folder, so that it reads the same in every run.
+    """
+    path = Path(path)
     figure.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+    print(f"saved {path.name} in the run folder")
 
 
 def show_digits(images, titles, columns=10, scale=1.0, suptitle=None):

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from utils import REPO_ROOT
+from utils import REPO_ROOT, cpu_name
 
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "mnist"
 DEFAULT_RUN_DIR = REPO_ROOT / "runs" / "interactive"
@@ -96,12 +96,13 @@ def seed_everything(seed):
 
 
 def environment_report(device):
-    """One line each for Python, torch, torchvision, the device and the CPU threads used."""
+    """One line each for Python, torch, torchvision, the device, the CPU and its threads used."""
     return "\n".join([
         f"Python       {platform.python_version()}",
         f"torch        {torch.__version__}",
         f"torchvision  {torchvision.__version__}",
         f"device       {device}",
+        f"CPU          {cpu_name()}",
         f"CPU threads  {torch.get_num_threads()}",
     ])
 
