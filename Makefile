@@ -17,7 +17,9 @@ DATA_DIR ?= $(MNIST_DATA_DIR)
 # it would split a folder name with spaces.)
 DATA_IS_ABSOLUTE := $(filter /% ~%,$(firstword $(DATA_DIR)))
 DATA_PATH := $(if $(strip $(DATA_DIR)),$(if $(DATA_IS_ABSOLUTE),$(DATA_DIR),$(CURDIR)/$(DATA_DIR)))
+ifneq ($(DATA_PATH),)
 export MNIST_DATA_DIR := $(DATA_PATH)
+endif
 
 .PHONY: venv run test check lab bench sync store clean-venv
 

@@ -121,7 +121,7 @@ print(f"rarest/commonest training digit: {train_counts.min() / train_counts.max(
 # training image. Only the training set is used: the test set stands for images not seen yet.
 
 # %% tags=["nbval-check-output"]
-pixels = train_images.float().div_(255)  # 47 million values, scaled in place to save memory
+pixels = train_images.float().div_(255)  # scaled in place: one float copy of every pixel
 mean, std = pixels.mean().item(), pixels.std().item()
 del pixels
 print(f"training pixels: mean {mean:.4f}, standard deviation {std:.4f}")

@@ -120,7 +120,7 @@ with torch.no_grad():
 # %% tags=["nbval-check-output"]
 probabilities = log_probs.exp()
 print("row sums:", [round(total, 4) for total in probabilities.sum(dim=1).tolist()])
-print(f"largest probability of an untrained model: {probabilities.max():.1f}")
+print(f"largest probability of an untrained model: {probabilities.max():.2f}")
 
 # %% [markdown]
 # ## The summary table
@@ -136,7 +136,8 @@ print(summary_text(model))
 # %% [markdown]
 # ## Checked against the reference
 #
-# The course's reference document (`shared/reference/model_summary.md`) gives the table this
+# The course's reference document (`utils/model_summary.md`, a copy of the project's
+# `shared/reference/model_summary.md`) gives the table this
 # model must produce. We compare it row by row: layer names, output shapes and parameter counts.
 
 # %% tags=["nbval-check-output"]

@@ -120,7 +120,8 @@ print("in the parameter total:", any(name in dict(model.named_parameters()) for 
 # %% [markdown]
 # ## Corrections to the original text
 #
-# The document this course grew from made two mistakes that other copies of it still carry.
+# Besides leaving the buffers unexplained, the document this course grew from made two mistakes
+# in its arithmetic.
 #
 # **Biases that are not there.** Its formulas add the output channels as a bias term to each
 # convolution's count, yet every count in its own table is bias-free, as here. If every

@@ -56,7 +56,7 @@ from utils.data import MNISTImages, load_mnist
 from utils.fast_batches import FastBatches
 from utils.fast_dropout import FastDropout, use_fast_dropout
 from utils.model import Net
-from utils.training import fit, make_schedule
+from utils.training import WARMUP_FRACTION, fit, make_schedule
 from utils.transforms import pixel_mean_std, train_transforms
 
 config = runtime.Settings(epochs, batch_size, learning_rate, momentum, seed, max_degrees,
@@ -78,9 +78,9 @@ runtime.seed_everything(config.seed)
 # %% [markdown]
 # ## The data, held in memory
 #
-# The training set is small: 60,000 images of 784 bytes is 47 MB. We keep it in memory as
-# unsigned bytes and normalise with the statistics of notebook 1, derived again here from the
-# training pixels. A quick run uses only the first `train_subset` images.
+# The training set is small enough to keep in memory as unsigned bytes, one byte per pixel (the
+# cell below prints its size). We normalise with the statistics of notebook 1, derived again
+# here from the training pixels. A quick run uses only the first `train_subset` images.
 
 # %%
 mnist = load_mnist(config.data_dir, download=config.may_download)
@@ -92,6 +92,7 @@ if config.train_subset:
 mean, std = config.mean_std or pixel_mean_std(mnist["train"][0])
 print(f"training on {len(train_labels):,} images, testing on {len(test_labels):,}; "
       f"normalising with mean {mean:.4f}, std {std:.4f}")
+print(f"the training images in memory: {train_images.numel() / 1e6:.1f} MB as uint8")
 
 # %% [markdown]
 # ## Batches, augmented a batch at a time
@@ -111,18 +112,20 @@ test_batches = FastBatches(test_images, test_labels, 1000, mean, std, device=con
                            channels_last=True)
 
 # %% [markdown]
-# Is it the same augmentation? We push the same thousand training images through both paths,
+# Is it the same augmentation? We push the same training images (a thousand, or all of a
+# smaller subset) through both paths,
 # each with its own random angles, and compare the per-pixel mean and spread of what comes out.
 # They agree to within sampling noise (the test suite checks this with a stated tolerance):
 
 # %% tags=["nbval-check-output"]
 torch.manual_seed(config.seed)
-reference = MNISTImages(train_images[:1000], train_labels[:1000],
+sample = min(1000, len(train_labels))
+reference = MNISTImages(train_images[:sample], train_labels[:sample],
                         transform=train_transforms(mean, std, config.max_degrees))
-reference_batch = torch.stack([reference[i][0] for i in range(1000)])
-fast_batch = FastBatches(train_images[:1000], train_labels[:1000], 1000, mean, std,
+reference_batch = torch.stack([reference[i][0] for i in range(sample)])
+fast_batch = FastBatches(train_images[:sample], train_labels[:sample], sample, mean, std,
                          max_degrees=config.max_degrees, seed=config.seed).augment(
-                             train_images[:1000].unsqueeze(1))
+                             train_images[:sample].unsqueeze(1))
 for name, batch in [("reference", reference_batch), ("fast", fast_batch)]:
     print(f"{name:<10} shape {tuple(batch.shape)}  mean {batch.mean():+.2f}  "
           f"std {batch.std():.2f}  per-pixel std of the mean image {batch.mean(0).std():.2f}")
@@ -145,18 +148,18 @@ runtime.seed_everything(config.seed)  # the comparison drew random numbers: star
 # on its own and what the fast path gains in all; the README quotes the figures.
 
 # %% tags=["nbval-check-output"]
-dropout = FastDropout(config.dropout)
+fast_dropout = FastDropout(config.dropout)
 print(f"dropout p = {config.dropout}: FastDropout drops with probability "
-      f"{dropout.drop_levels}/65536 = {dropout.drawn_p:.7f}")
+      f"{fast_dropout.drop_levels}/65536 = {fast_dropout.drawn_p:.7f}")
 
 # %% [markdown]
 # ## Model, optimizer, schedule
 #
 # Stochastic gradient descent with momentum: each step moves the weights against the gradient
 # of the batch's loss, plus a fraction `momentum` of the previous step. The learning rate
-# follows a *one-cycle* schedule: it rises from a small value to `learning_rate` during the
-# first fifth of training and then falls smoothly to almost zero, which lets a short run use a
-# large learning rate without diverging.
+# follows a *one-cycle* schedule: it rises from a small value to `learning_rate` during a
+# warm-up (its share of all steps is printed below) and then falls smoothly to almost zero,
+# which lets a short run use a large learning rate without diverging.
 
 # %% tags=["nbval-check-output"]
 model = use_fast_dropout(Net(dropout=config.dropout))
@@ -167,7 +170,7 @@ print(f"{sum(p.numel() for p in model.parameters()):,} parameters to train; drop
       f"{sorted({type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Dropout)})}")
 print(f"SGD, momentum {optimizer.param_groups[0]['momentum']}, peak learning rate "
       f"{scheduler.optimizer.param_groups[0]['max_lr']}, starting at "
-      f"{optimizer.param_groups[0]['lr']:.4f}")
+      f"{optimizer.param_groups[0]['lr']:.4f}, warm-up {WARMUP_FRACTION:.0%} of the steps")
 
 # %% [markdown]
 # ## The training and test functions

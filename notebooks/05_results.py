@@ -44,8 +44,6 @@ run_dir = ""             # "": runs/interactive; `make run` passes a new folder
 quick = False            # True: a smoke run in seconds; so does MNIST_QUICK in the environment
 
 # %%
-import json
-
 import torch
 from IPython.display import Markdown, display
 
@@ -54,7 +52,7 @@ from utils.checkpoint import load_trained_model
 from utils.data import load_split
 from utils.fast_batches import FastBatches
 from utils.plots import plot_history, save_figure, show_digits
-from utils.training import autocast_context, evaluate
+from utils.training import autocast_context, evaluate, read_run_results
 
 config = runtime.Settings(epochs, batch_size, learning_rate, momentum, seed, max_degrees,
                           dropout, mean_std, train_subset, device, precision, data_dir, run_dir,
@@ -68,8 +66,7 @@ print(runtime.environment_report(config.device))
 # checkpoint. We check the history is complete: one training record per step of every epoch.
 
 # %% tags=["nbval-check-output"]
-history = json.loads((config.run_dir / "history.json").read_text())
-metrics = json.loads((config.run_dir / "metrics.json").read_text())
+history, metrics = read_run_results(config.run_dir)
 epochs_run = len(history["test_accuracy"])
 steps_per_epoch = len(history["step_train_loss"]) // epochs_run
 print("history:", sorted(history))

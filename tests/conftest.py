@@ -10,17 +10,35 @@ import pytest
 import torch
 
 import utils
-from utils.data import CANONICAL_FILES, CanonicalFile
+from utils.data import CANONICAL_FILES, CanonicalFile, MNISTDataError, find_mnist_files
+
+# Where the real MNIST files may be, after $MNIST_DATA_DIR: the folder `make run` downloads
+# into, then the copy beside this checkout that the project's own machines have.
+MNIST_CANDIDATES = [utils.REPO_ROOT / "data" / "mnist",
+                    utils.REPO_ROOT.parent / "shared" / "datasets" / "mnist"]
 
 
 @pytest.fixture(scope="session")
 def mnist_dir():
-    """The folder holding the real MNIST files: $MNIST_DATA_DIR, else ../shared/datasets/mnist."""
-    default = utils.REPO_ROOT.parent / "shared" / "datasets" / "mnist"
-    folder = Path(os.environ.get("MNIST_DATA_DIR", default)).resolve()
-    if not folder.is_dir():
-        pytest.skip(f"real MNIST files not found in {folder}; set MNIST_DATA_DIR to their folder")
-    return folder
+    """The folder holding the real MNIST files.
+
+    $MNIST_DATA_DIR when set and not empty: a folder asked for must hold them, else the tests
+    that use it fail with the loader's message. Otherwise the first of MNIST_CANDIDATES that
+    holds them, and without one those tests are skipped.
+    """
+    chosen = os.environ.get("MNIST_DATA_DIR", "").strip()
+    if chosen:
+        folder = Path(chosen).expanduser().resolve()
+        find_mnist_files(folder)
+        return folder
+    for folder in MNIST_CANDIDATES:
+        try:
+            find_mnist_files(folder)
+            return folder.resolve()
+        except MNISTDataError:
+            continue
+    pytest.skip(f"real MNIST files not found in {' or '.join(map(str, MNIST_CANDIDATES))}; "
+                "set MNIST_DATA_DIR (or make test DATA_DIR=...) to their folder")
 
 
 def idx_images_bytes(images):
@@ -110,4 +128,15 @@ def pytest_configure(config):
         import tempfile
 
         os.environ.setdefault("MNIST_QUICK", "1")
-        os.environ.setdefault("MNIST_RUN_DIR", tempfile.mkdtemp(prefix="mnist-nbval-"))
+        if "MNIST_RUN_DIR" not in os.environ:
+            config.nbval_run_dir = tempfile.mkdtemp(prefix="mnist-nbval-")
+            os.environ["MNIST_RUN_DIR"] = config.nbval_run_dir
+
+
+def pytest_unconfigure(config):
+    """Remove the run folder pytest_configure made (never one the environment named)."""
+    made = getattr(config, "nbval_run_dir", None)
+    if made:
+        import shutil
+
+        shutil.rmtree(made, ignore_errors=True)

@@ -1,8 +1,8 @@
 """Tests for utils.anatomy, checked against the project's reference table and against the model.
 
-The reference is the markdown document /work/shared/reference/model_summary.md (or the file named
-by MNIST_REFERENCE_SUMMARY), falling back to the copy in tests/data so a clone without ../shared
-still tests. Its numbers are parsed here, not typed into the tests.
+The reference is the markdown document ../shared/reference/model_summary.md (or the file named
+by MNIST_REFERENCE_SUMMARY), falling back to the copy utils/model_summary.md, so a clone without
+../shared still tests. Its numbers are parsed here, not typed into the tests.
 """
 
 import contextlib

@@ -230,6 +230,30 @@ def test_damaged_file_is_named_and_left_alone(trained_checkpoint, damage):
     assert path.read_bytes() == damaged
 
 
+class NotATensor:
+    """A class a checkpoint could pickle, which weights_only=True must refuse to rebuild."""
+
+
+def test_file_holding_other_objects_is_refused_without_advice_to_load_it_anyway(tmp_path):
+    path = tmp_path / "foreign.pt"
+    torch.save({"model": NotATensor()}, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_trained_model(path)
+    message = str(caught.value)
+    assert str(path) in message and "did not write it" in message and "Retrain" in message
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated"])
+def test_damaged_file_message_gives_no_advice_to_load_it_unsafely(trained_checkpoint, damage):
+    path, _ = trained_checkpoint
+    path.write_bytes(bytes(range(256)) * 16 if damage == "random bytes"
+                     else path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError) as caught:
+        load_trained_model(path)
+    assert "False" not in str(caught.value)
+
+
 def test_missing_file_is_named(tmp_path):
     path = tmp_path / "run" / "checkpoint.pt"
     with pytest.raises(CheckpointError) as caught:

@@ -17,8 +17,8 @@ def exported_data_dir(*make_arguments, **environment):
     """MNIST_DATA_DIR as `make` exports it to its recipes, for these arguments and variables."""
     clean = {k: v for k, v in os.environ.items() if k not in OUTER_MAKE_VARIABLES}
     result = subprocess.run(
-        ["make", "--no-print-directory", "-s", "--eval", 'show-data:;@echo "$$MNIST_DATA_DIR"',
-         "show-data", *make_arguments],
+        ["make", "--no-print-directory", "-s", "--eval",
+         'show-data:;@printenv MNIST_DATA_DIR || echo "(unset)"', "show-data", *make_arguments],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, env={**clean, **environment},
     )
     assert result.returncode == 0, result.stderr
@@ -29,7 +29,7 @@ def exported_data_dir(*make_arguments, **environment):
     ("../shared/datasets/mnist", f"{REPO_ROOT}/../shared/datasets/mnist"),
     ("my data/mnist", f"{REPO_ROOT}/my data/mnist"),
     ("/srv/mnist files", "/srv/mnist files"),
-    ("", ""),
+    ("", "(unset)"),
 ])
 def test_data_dir_is_exported_absolute(given, exported):
     assert exported_data_dir(f"DATA_DIR={given}") == exported
@@ -37,4 +37,4 @@ def test_data_dir_is_exported_absolute(given, exported):
 
 def test_mnist_data_dir_in_the_environment_is_the_default():
     assert exported_data_dir(MNIST_DATA_DIR="from/environment") == f"{REPO_ROOT}/from/environment"
-    assert exported_data_dir() == ""
+    assert exported_data_dir() == "(unset)"  # not exported empty: unset means "the default"

@@ -79,25 +79,32 @@ def test_every_notebook_compares_at_least_three_cells():
         assert len(checked) >= 3, f"{path.name} compares only {len(checked)} cells"
 
 
+def folders_in(path):
+    return sorted(entry for entry in path.iterdir() if entry.is_dir())
+
+
 @pytest.fixture(scope="module")
 def quick_runs(tmp_path_factory, mnist_dir):
-    """Two quick main jobs, same seed: one in-process from the repo root, one from elsewhere."""
+    """Two quick main jobs, same seed: one in-process, one as a command started in another
+    folder with a relative --runs-dir. Returns both run folders and the command's last line."""
+    notebooks_before = folders_in(REPO_ROOT / "notebooks")
     here = course.run(data_dir=mnist_dir, runs_dir=tmp_path_factory.mktemp("from-root"),
                       quick=True)
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     result = subprocess.run(
         [sys.executable, "-m", "utils.course", "run", "--quick", "--data-dir", str(mnist_dir),
-         "--runs-dir", str(elsewhere / "runs")],
+         "--runs-dir", "runs"],
         cwd=elsewhere, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    printed_last = result.stdout.strip().splitlines()[-1]
-    return here, elsewhere / "runs" / printed_last.rsplit("/", 1)[-1], printed_last
+    assert folders_in(REPO_ROOT / "notebooks") == notebooks_before  # nothing written there
+    (run_from_elsewhere,) = folders_in(elsewhere / "runs")
+    return here, run_from_elsewhere, result.stdout.strip().splitlines()[-1]
 
 
 def test_the_main_job_prints_its_run_folder_last(quick_runs):
     _, elsewhere, printed_last = quick_runs
-    assert printed_last == str(elsewhere)
+    assert printed_last == str(elsewhere) and elsewhere.is_absolute()
 
 
 def test_a_quick_run_writes_notebooks_metrics_figures_checkpoint(quick_runs):
@@ -125,24 +132,50 @@ def test_the_job_driver_does_not_load_torch():
 
 
 def test_executed_notebooks_keep_no_error_and_every_cell_ran(quick_runs):
-    for name in course.NOTEBOOKS:
-        for cell in code_cells(quick_runs[0] / name):
-            assert cell.execution_count is not None, f"{name}: a cell did not run"
-            assert all(out.output_type != "error" for out in cell.outputs), name
+    for run_dir in quick_runs[:2]:
+        for name in course.NOTEBOOKS:
+            for cell in code_cells(run_dir / name):
+                assert cell.execution_count is not None, f"{name}: a cell did not run"
+                assert all(out.output_type != "error" for out in cell.outputs), name
 
 
-def test_same_seed_gives_identical_runs_from_any_folder(quick_runs):
+def test_a_relative_runs_dir_keeps_the_whole_run_in_one_folder(quick_runs):
+    run_dir = quick_runs[1]
+    for name in course.NOTEBOOKS + FIGURES + ["history.json", "metrics.json", "checkpoint.pt",
+                                              "parameters.json", "job.json"]:
+        assert (run_dir / name).is_file(), name
+
+
+def test_store_refuses_a_quick_run_and_an_incomplete_one_and_writes_nothing(quick_runs,
+                                                                            tmp_path):
+    stored_before = {path: path.read_bytes() for path in NOTEBOOKS}
+    with pytest.raises(course.NotStorable, match="quick or subset run"):
+        course.store(quick_runs[0])
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in course.NOTEBOOKS[:3]:
+        shutil.copy(quick_runs[0] / name, partial / name)
+    with pytest.raises(course.NotStorable, match="lacks 04_training.ipynb, 05_results.ipynb"):
+        course.store(partial)
+    assert {path: path.read_bytes() for path in NOTEBOOKS} == stored_before
+
+
+def test_same_seed_gives_identical_runs_whichever_folder_starts_the_job(quick_runs):
     here, elsewhere, _ = quick_runs
     assert (here / "history.json").read_bytes() == (elsewhere / "history.json").read_bytes()
     strip = lambda path: {k: v for k, v in json.loads(path.read_text()).items()  # noqa: E731
                           if k not in TIMING_KEYS}
     assert strip(here / "metrics.json") == strip(elsewhere / "metrics.json")
-    assert (here / "checkpoint.pt").stat().st_size > 0
+    weights = [torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+               for run in (here, elsewhere)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
 
 def test_a_different_seed_gives_different_numbers(quick_runs, mnist_dir, tmp_path):
+    """Also a kernel started outside notebooks/: the notebook needs no particular folder."""
     papermill.execute_notebook(
-        NOTEBOOKS[3], tmp_path / "04.ipynb", cwd=NOTEBOOKS[3].parent, progress_bar=False,
+        NOTEBOOKS[3], tmp_path / "04.ipynb", cwd=tmp_path, progress_bar=False,
         parameters={"seed": 2, "quick": True, "data_dir": str(mnist_dir), "run_dir": str(tmp_path)},
     )
     other = json.loads((tmp_path / "history.json").read_text())

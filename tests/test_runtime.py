@@ -133,7 +133,32 @@ def test_mnist_quick_1_turns_quick_mode_on(tmp_path, monkeypatch):
     assert (settings.epochs, settings.train_subset) == (QUICK_EPOCHS, QUICK_TRAIN_SUBSET)
 
 
-@pytest.mark.parametrize("value", ["0", ""])
+@pytest.mark.parametrize("value", ["true", "Yes", " on "])
+def test_mnist_quick_words_for_yes_turn_it_on(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("MNIST_QUICK", value)
+    assert Settings(**good_parameters(tmp_path)).quick
+
+
+@pytest.mark.parametrize("value", ["perhaps", "2"])
+def test_mnist_quick_that_is_neither_yes_nor_no_is_refused(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("MNIST_QUICK", value)
+    with pytest.raises(ParameterError, match=f"MNIST_QUICK='{value}' is not understood"):
+        Settings(**good_parameters(tmp_path))
+
+
+@pytest.mark.parametrize("value", ["False", "yes", 1, None])
+def test_quick_must_be_true_or_false(tmp_path, value):
+    with pytest.raises(ParameterError, match="parameter quick="):
+        Settings(**good_parameters(tmp_path, quick=value))
+
+
+def test_a_seed_torch_cannot_take_is_refused(tmp_path):
+    with pytest.raises(ParameterError, match="seed=99999999999999999999"):
+        Settings(**good_parameters(tmp_path, seed=99999999999999999999))
+    assert Settings(**good_parameters(tmp_path, seed=2 ** 63 - 1)).seed == 2 ** 63 - 1
+
+
+@pytest.mark.parametrize("value", ["0", "", "false", "NO", "off"])
 def test_mnist_quick_0_or_empty_leaves_it_off(tmp_path, monkeypatch, value):
     monkeypatch.setenv("MNIST_QUICK", value)
     settings = Settings(**good_parameters(tmp_path))

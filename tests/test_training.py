@@ -5,6 +5,7 @@ batch of every pass is smaller than the others, since that is where per-batch av
 wrong.
 """
 
+import json
 import math
 
 import pytest
@@ -15,7 +16,15 @@ from utils.data import load_split
 from utils.fast_batches import FastBatches
 from utils.model import Net
 from utils.runtime import seed_everything
-from utils.training import TrainingDiverged, evaluate, fit, make_schedule, train_one_epoch
+from utils.training import (
+    RunFolderError,
+    TrainingDiverged,
+    evaluate,
+    fit,
+    make_schedule,
+    read_run_results,
+    train_one_epoch,
+)
 
 MEAN, STD = 0.1307, 0.3081  # the training pixels' mean and std (shared/datasets/README.md)
 TRAIN_IMAGES = 160          # 3 batches of 48 and one of 16
@@ -214,3 +223,27 @@ def test_same_seed_repeats_the_history_and_another_seed_does_not(mnist_subset):
     assert again == first  # exact: the same floats, not approximately
     assert other["step_train_loss"] != first["step_train_loss"]
     assert other["test_loss"] != first["test_loss"]
+
+
+def test_run_results_are_read_back_as_written(tmp_path):
+    history, metrics = {"test_accuracy": [97.5, 98.25]}, {"epochs": 2}
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert read_run_results(tmp_path) == (history, metrics)
+
+
+@pytest.mark.parametrize("missing", ["history.json", "metrics.json"])
+def test_a_run_folder_without_results_says_to_run_notebook_4(tmp_path, missing):
+    for name in {"history.json", "metrics.json"} - {missing}:
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(RunFolderError, match=f"{missing} is missing: notebook 4"):
+        read_run_results(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"{\"test_accuracy\": [97.", b"\xff\xfe"])
+def test_damaged_results_are_named_and_left_alone(tmp_path, content):
+    (tmp_path / "history.json").write_bytes(content)
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="history.json is damaged"):
+        read_run_results(tmp_path)
+    assert (tmp_path / "history.json").read_bytes() == content

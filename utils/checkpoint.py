@@ -1,6 +1,7 @@
 """Checkpoints that survive crashes, other machines and `torch.load(weights_only=True)`."""
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -72,6 +73,16 @@ def read_checkpoint(path):
                               "(notebooks/04_training.ipynb) or pass the right run folder.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message advises weights_only=False, which would run code from the file: the
+        # course never does that, so the advice is left out
+        if "Unsupported global" in str(error):
+            raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain "
+                                  "types, so this course did not write it and will not load it. "
+                                  "Retrain to replace it.") from error
+        raise CheckpointError(f"checkpoint {path} cannot be read (not a pickle torch can "
+                              "parse); it is damaged or not a checkpoint. Retrain to replace "
+                              "it.") from error
     except Exception as error:  # torch raises several types for a damaged file
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(error).__name__}: "
                               f"{error}); it is damaged or not a checkpoint. Retrain to replace "

@@ -48,13 +48,11 @@ def prepare_data(data_dir):
     the kernel's. It runs before any run folder exists, so a failure leaves nothing behind.
     """
     code = ("import sys\n"
-            "from utils.data import MNISTDataError, download_mnist, load_mnist\n"
+            "from utils.data import MNISTDataError, load_mnist\n"
             "from utils.runtime import resolve_data_dir\n"
             "folder, may_download = resolve_data_dir(sys.argv[1])\n"
             "try:\n"
-            "    if may_download:\n"
-            "        download_mnist(folder)\n"
-            "    load_mnist(folder)\n"
+            "    load_mnist(folder, download=may_download)  # downloads only what is missing\n"
             "except MNISTDataError as error:\n"
             "    sys.exit(str(error))\n"
             "print(folder)\n")
@@ -99,7 +97,8 @@ def run(data_dir="", runs_dir=REPO_ROOT / "runs", quick=False, extra_parameters=
     """The main job; returns the run folder. Prints the folder's path as its last line."""
     started = time.perf_counter()
     folder = prepare_data(data_dir)
-    run_dir = new_run_dir(runs_dir)
+    # absolute: the notebooks run in notebooks/, where a relative folder would be another one
+    run_dir = new_run_dir(Path(runs_dir).resolve())
     print(f"run folder: {run_dir}", flush=True)
     seconds = execute_notebooks(run_dir, folder, quick, extra_parameters)
     job = {
@@ -108,7 +107,8 @@ def run(data_dir="", runs_dir=REPO_ROOT / "runs", quick=False, extra_parameters=
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "notebook_seconds": seconds,
-        "quick": quick,
+        # as the notebooks resolved it: MNIST_QUICK in the environment also turns it on
+        "quick": json.loads((run_dir / "parameters.json").read_text())["quick"],
     }
     (run_dir / "job.json").write_text(json.dumps(job, indent=2) + "\n")
     print(f"main job: {job['wall_seconds']} s, peak resident memory {job['peak_memory_mb']} MB")
@@ -126,11 +126,38 @@ def strip_run_metadata(notebook):
     return notebook
 
 
+class NotStorable(RuntimeError):
+    """The folder is not a complete full run; the message says what is missing or wrong."""
+
+
+def executed_notebooks(run_dir):
+    """The five executed notebooks of a complete, full run, read into memory; else NotStorable.
+
+    Every check runs before anything is written, so a refused store changes no notebook.
+    """
+    run_dir = Path(run_dir)
+    missing = [name for name in NOTEBOOKS + ["parameters.json"] if not (run_dir / name).is_file()]
+    if missing:
+        raise NotStorable(f"{run_dir} lacks {', '.join(missing)}: store only a folder that "
+                          "`make run` completed")
+    parameters = json.loads((run_dir / "parameters.json").read_text())
+    if parameters.get("quick") or parameters.get("train_subset"):
+        raise NotStorable(f"{run_dir} is a quick or subset run (quick={parameters.get('quick')}, "
+                          f"train_subset={parameters.get('train_subset')}); the stored outputs "
+                          "must come from a full run")
+    notebooks = {name: nbformat.read(run_dir / name, as_version=4) for name in NOTEBOOKS}
+    for name, notebook in notebooks.items():
+        for cell in notebook.cells:
+            if cell.cell_type == "code" and (cell.execution_count is None or any(
+                    output.output_type == "error" for output in cell.outputs)):
+                raise NotStorable(f"{run_dir / name}: a cell did not run or failed")
+    return notebooks
+
+
 def store(run_dir):
     """Copy a run's executed notebooks over notebooks/*.ipynb, so readers see real outputs."""
-    for name in NOTEBOOKS:
-        notebook = strip_run_metadata(nbformat.read(Path(run_dir) / name, as_version=4))
-        nbformat.write(notebook, NOTEBOOKS_DIR / name)
+    for name, notebook in executed_notebooks(run_dir).items():
+        nbformat.write(strip_run_metadata(notebook), NOTEBOOKS_DIR / name)
         print(f"stored {name}")
 
 
@@ -146,7 +173,11 @@ def main(argv=None):
     store_parser.add_argument("run_dir")
     args = parser.parse_args(argv)
     if args.command == "store":
-        store(args.run_dir)
+        try:
+            store(args.run_dir)
+        except NotStorable as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         return 0
     try:
         run_dir = run(args.data_dir, args.runs_dir, args.quick)

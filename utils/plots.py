@@ -38,22 +38,50 @@ def step_epochs(history):
     return [(step + 1) * epochs / steps for step in range(steps)]
 
 
+def running_mean(values, window):
+    """The mean of each `window` consecutive values, one per window end (len - window + 1)."""
+    totals = [0.0]
+    for value in values:
+        totals.append(totals[-1] + value)
+    return [(totals[end] - totals[end - window]) / window for end in range(window, len(totals))]
+
+
+def plot_steps(axis, x, values, window, log_scale=False):
+    """Every step faintly, and the running mean over `window` steps on top of it.
+
+    Per-step values scatter widely; the mean shows the trend. On a log scale (for the loss)
+    the late, small values stay readable; on a linear one (for accuracy) the axis starts at the
+    second percentile of the steps, so the first epoch's climb does not flatten the rest.
+    """
+    axis.plot(x, values, linewidth=0.5, alpha=0.35, label="each step")
+    axis.plot(x[window - 1:], running_mean(values, window), linewidth=1.5,
+              label=f"mean of {window} steps")
+    if log_scale:
+        axis.set_yscale("log")
+    else:
+        ordered = sorted(values)
+        axis.set_ylim(bottom=ordered[len(ordered) // 50] - 1, top=100.5)
+    axis.legend(loc="best", fontsize="small")
+
+
 def plot_history(history):
-    """The 2x2 figure: training loss and accuracy per step, test loss and accuracy per epoch."""
+    """The 2x2 figure: training loss and accuracy per step, test loss and accuracy per epoch.
+
+    All four share the x axis in epochs, so the training and test curves line up.
+    """
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     step_x = step_epochs(history)
     epoch_x = list(range(1, len(history["test_loss"]) + 1))
-    panels = [
-        (axes[0, 0], step_x, history["step_train_loss"], "Training loss (per step)", "NLL loss"),
-        (axes[0, 1], step_x, history["step_train_accuracy"], "Training accuracy (per step)",
-         "accuracy (%)"),
-        (axes[1, 0], epoch_x, history["test_loss"], "Test loss (per epoch)", "NLL loss"),
-        (axes[1, 1], epoch_x, history["test_accuracy"], "Test accuracy (per epoch)",
-         "accuracy (%)"),
-    ]
-    for axis, x, y, title, ylabel in panels:
-        marker = "o" if x is epoch_x else None
-        axis.plot(x, y, marker=marker, linewidth=1 if marker is None else 1.5)
+    window = max(1, len(step_x) // len(epoch_x) // 5)  # a fifth of an epoch
+    plot_steps(axes[0, 0], step_x, history["step_train_loss"], window, log_scale=True)
+    plot_steps(axes[0, 1], step_x, history["step_train_accuracy"], window)
+    axes[1, 0].plot(epoch_x, history["test_loss"], marker="o")
+    axes[1, 1].plot(epoch_x, history["test_accuracy"], marker="o")
+    labels = [(axes[0, 0], "Training loss (per step, log scale)", "NLL loss"),
+              (axes[0, 1], "Training accuracy (per step)", "accuracy (%)"),
+              (axes[1, 0], "Test loss (per epoch)", "NLL loss"),
+              (axes[1, 1], "Test accuracy (per epoch)", "accuracy (%)")]
+    for axis, title, ylabel in labels:
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.set_ylabel(ylabel)

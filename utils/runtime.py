@@ -26,8 +26,17 @@ class ParameterError(ValueError):
     """A notebook parameter outside what is allowed; the message names it and the allowed range."""
 
 
+QUICK_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+               "": False, "0": False, "false": False, "no": False, "off": False}
+
+
 def quick_mode_requested():
-    return os.environ.get("MNIST_QUICK", "").strip() not in ("", "0")
+    """Whether MNIST_QUICK asks for quick mode: 1/true/yes/on, or 0/false/no/off/empty."""
+    value = os.environ.get("MNIST_QUICK", "")
+    if value.strip().lower() not in QUICK_WORDS:
+        raise ParameterError(f"MNIST_QUICK={value!r} is not understood; use 1 (quick mode) or "
+                             "0 (the full run), or leave it unset.")
+    return QUICK_WORDS[value.strip().lower()]
 
 
 def resolve_data_dir(data_dir=""):
@@ -132,7 +141,8 @@ def check_training_parameters(epochs, batch_size, learning_rate, momentum, seed,
             learning_rate, "a number > 0")
     require(is_number(momentum) and 0 <= momentum < 1, "momentum", momentum,
             "a number in [0, 1)")
-    require(is_whole_number(seed) and seed >= 0, "seed", seed, "a whole number >= 0")
+    require(is_whole_number(seed) and 0 <= seed < 2 ** 63, "seed", seed,
+            "a whole number from 0 to 2**63 - 1")
     require(is_whole_number(train_subset) and train_subset >= 0, "train_subset", train_subset,
             "0 (all 60,000 images) or a positive number of images")
     require(is_number(max_degrees) and 0 <= max_degrees <= 180, "max_degrees",
@@ -159,7 +169,9 @@ class Settings:
 
     def __init__(self, epochs, batch_size, learning_rate, momentum, seed, max_degrees,
                  dropout, mean_std, train_subset, device, precision, data_dir, run_dir, quick):
-        self.quick = bool(quick) or quick_mode_requested()
+        require(isinstance(quick, bool), "quick", quick, "True or False (a string such as "
+                "'False' would count as true)")
+        self.quick = quick or quick_mode_requested()
         if self.quick:
             epochs = min(epochs, QUICK_EPOCHS) if is_whole_number(epochs) else epochs
             train_subset = QUICK_TRAIN_SUBSET

@@ -1,8 +1,10 @@
 """The training and test loops, and the epoch loop that records history and checkpoints."""
 
 import contextlib
+import json
 import math
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +63,9 @@ def train_one_epoch(model, batches, optimizer, scheduler=None, device="cpu", aut
         loss_sum += loss.item() * batch_size
         correct += batch_correct
         seen += batch_size
-        bar.set_postfix(loss=f"{batch_losses[-1]:.4f}", acc=f"{batch_accuracies[-1]:.1f}")
+        # refresh=False: the bar redraws at its own pace (mininterval), not on every step
+        bar.set_postfix(loss=f"{batch_losses[-1]:.4f}", acc=f"{batch_accuracies[-1]:.1f}",
+                        refresh=False)
     return {
         "batch_losses": batch_losses,
         "batch_accuracies": batch_accuracies,
@@ -159,13 +163,37 @@ def epoch_line(epoch, epochs, history, seconds):
             f"({seconds:.1f} s)")
 
 
+WARMUP_FRACTION = 0.2  # of all steps, rising to the peak learning rate
+
+
 def make_schedule(optimizer, peak_learning_rate, epochs, steps_per_epoch):
-    """One-cycle learning rate: warm up to the peak over the first fifth, then anneal to ~0.
+    """One-cycle learning rate: warm up to the peak over WARMUP_FRACTION of the steps, then
+    anneal to ~0.
 
     Stepped once per optimizer step. Momentum is left at the optimizer's value (no cycling), so
     the momentum parameter means what it says.
     """
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=peak_learning_rate, epochs=epochs, steps_per_epoch=steps_per_epoch,
-        pct_start=0.2, cycle_momentum=False,
+        pct_start=WARMUP_FRACTION, cycle_momentum=False,
     )
+
+
+class RunFolderError(RuntimeError):
+    """A run folder without the results notebook 4 writes; the message says how to get them."""
+
+
+def read_run_results(run_dir):
+    """The history and metrics notebook 4 wrote into `run_dir`, as (history, metrics)."""
+    results = []
+    for name in ("history.json", "metrics.json"):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            raise RunFolderError(f"{path} is missing: notebook 4 (04_training.ipynb) writes it "
+                                 "when training ends. Run notebook 4 with the same run_dir first.")
+        try:
+            results.append(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise RunFolderError(f"{path} is damaged ({error}); run notebook 4 again to "
+                                 "rewrite it.") from error
+    return tuple(results)
