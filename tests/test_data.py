@@ -24,6 +24,11 @@ from utils.data import (
 TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 FIRST_TEN_TRAIN_LABELS = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+TRAIN_SIZE, TEST_SIZE = 60000, 10000  # images (and labels) per split, from the same README
+
+# The last sentence of a message about a bad file: what to do about it.
+FETCH_AGAIN = "Fetch or copy the file again."
+CHECK_NAMES = "Check which file is under which name."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,6 +46,26 @@ def test_load_split_reads_back_what_was_written(tmp_path, tiny_mnist, gz, dotted
         assert torch.equal(images, written_images)
         assert torch.equal(labels, written_labels)
     assert load_split(tmp_path, "train", verify_checksums=False)[0][0, 0, 0] == 200
+
+
+@pytest.mark.parametrize("gz, dotted", [(False, False), (True, True), (False, True)],
+                         ids=["plain", "dotted-gz", "dotted-plain"])
+def test_files_in_any_accepted_form_are_used_not_downloaded_again(
+    tmp_path, tiny_mnist, monkeypatch, snapshot, gz, dotted
+):
+    """`make run` without DATA_DIR calls load_mnist(download=True): files already there, under
+    any accepted name, must be read as they are, with no request to a mirror."""
+    import utils.data
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("download_mnist was called although the files are there")
+
+    monkeypatch.setattr(utils.data, "download_mnist", no_download)
+    tiny_mnist.write(tmp_path, gz=gz, dotted=dotted)
+    before = snapshot(tmp_path)
+    loaded = load_mnist(tmp_path, download=True, verify_checksums=False)
+    assert torch.equal(loaded["test"][1], tiny_mnist.splits["test"][1])
+    assert snapshot(tmp_path) == before
 
 
 def test_read_idx_functions_give_shapes_and_dtypes(tmp_path, tiny_mnist):
@@ -79,6 +104,7 @@ def test_missing_files_message_says_where_what_and_how(tmp_path):
     for canonical in CANONICAL_FILES.values():
         assert canonical.name + ".gz" in message
     assert "download_mnist" in message and "make run DATA_DIR=" in message
+    assert "does not exist" not in message  # the folder is there, only the files are not
 
 
 def test_missing_message_names_only_the_missing_files(tmp_path, tiny_mnist):
@@ -96,6 +122,26 @@ def test_missing_folder_gets_the_same_message(tmp_path):
         load_mnist(tmp_path / "no-such-folder")
 
 
+def test_missing_folder_is_named_as_the_one_that_does_not_exist(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(MNISTDataError) as caught:
+        find_mnist_files(missing)
+    assert f"the folder {missing} does not exist" in str(caught.value)
+
+
+def test_data_dir_that_is_a_file_is_called_a_file(tmp_path, tiny_mnist, snapshot):
+    tiny_mnist.write(tmp_path)
+    a_file = tmp_path / "train-images-idx3-ubyte.gz"
+    before = snapshot(tmp_path)
+    with pytest.raises(MNISTDataError) as caught:
+        load_mnist(a_file, verify_checksums=False)
+    message = str(caught.value)
+    assert message.startswith(f"{a_file} is a file, not a folder.")
+    assert "not found" not in message
+    assert message.endswith("make run DATA_DIR=folder")
+    assert snapshot(tmp_path) == before
+
+
 def test_unknown_split_is_refused(tmp_path, tiny_mnist):
     tiny_mnist.write(tmp_path)
     with pytest.raises(ValueError, match="split"):
@@ -109,6 +155,25 @@ def gz_without_suffix(folder, tiny):
     (folder / "train-images-idx3-ubyte.gz").unlink()
     path = folder / "train-images-idx3-ubyte"
     path.write_bytes(tiny.gz_bytes("train-images"))
+    return path
+
+
+def empty_gz(folder, tiny):
+    path = folder / "train-images-idx3-ubyte.gz"
+    path.write_bytes(b"")
+    return path
+
+
+def empty_plain(folder, tiny):
+    (folder / "train-labels-idx1-ubyte.gz").unlink()
+    path = folder / "train-labels-idx1-ubyte"
+    path.write_bytes(b"")
+    return path
+
+
+def idx_saved_as_gz(folder, tiny):
+    path = folder / "train-images-idx3-ubyte.gz"
+    path.write_bytes(tiny.files["train-images"])
     return path
 
 
@@ -169,6 +234,11 @@ def shorter_than_header(folder, tiny):
     return write_gz(folder / "train-images-idx3-ubyte.gz", b"\x00\x00\x08")
 
 
+def shorter_than_images_header(folder, tiny):
+    # the magic number and count are there; the rows and columns are not
+    return write_gz(folder / "train-images-idx3-ubyte.gz", struct.pack(">II", 2051, 5))
+
+
 def wrong_magic(folder, tiny):
     data = struct.pack(">IIII", 1234, 5, 28, 28) + bytes(5 * 28 * 28)
     return write_gz(folder / "train-images-idx3-ubyte.gz", data)
@@ -184,27 +254,43 @@ def one_label_short(folder, tiny):
     return write_gz(folder / "train-labels-idx1-ubyte.gz", data)
 
 
+# (maker, phrases the message must hold, the fix it must end with)
 BAD_FILES = [
-    (gz_without_suffix, ["still gzip-compressed", "Rename it to train-images-idx3-ubyte.gz"]),
-    (html_saved_as_gz, ["not a gzip file", "HTML page"]),
-    (cut_gz, ["corrupt gzip"]),
-    (damaged_gz, ["corrupt gzip"]),
-    (labels_in_images_file, ["labels file where images were expected"]),
-    (images_in_labels_file, ["images file where labels were expected"]),
-    (images_27_by_28, ["images are 27x28, expected 28x28"]),
-    (header_count_too_big, ["header says 5 items, file holds 3", "truncated"]),
-    (extra_bytes_after_items, ["header says 5 items", "extra bytes"]),
-    (shorter_than_header, ["truncated"]),
-    (wrong_magic, ["not an IDX file", "magic number 1234"]),
-    (label_out_of_range, ["label 12"]),
-    (one_label_short, ["holds 5 images but", "holds 4 labels"]),
+    (gz_without_suffix, ["still gzip-compressed"],
+     "Rename it to train-images-idx3-ubyte.gz; it is then read as it is."),
+    (empty_gz, ["empty file (0 bytes)"], FETCH_AGAIN),
+    (empty_plain, ["empty file (0 bytes)"], FETCH_AGAIN),
+    (idx_saved_as_gz, ["not a gzip file", "uncompressed IDX"], "remove the .gz from its name."),
+    (html_saved_as_gz, ["not a gzip file", "HTML page"], FETCH_AGAIN),
+    (cut_gz, ["corrupt gzip"], FETCH_AGAIN),
+    (damaged_gz, ["corrupt gzip"], FETCH_AGAIN),
+    (labels_in_images_file, ["labels file where images were expected"], CHECK_NAMES),
+    (images_in_labels_file, ["images file where labels were expected"], CHECK_NAMES),
+    (images_27_by_28, ["images are 27x28, expected 28x28"], FETCH_AGAIN),
+    (header_count_too_big, ["header says 5 items, file holds 3", "truncated"], FETCH_AGAIN),
+    (extra_bytes_after_items, ["header says 5 items", "extra bytes"], FETCH_AGAIN),
+    (shorter_than_header, ["truncated"], FETCH_AGAIN),
+    (shorter_than_images_header, ["truncated"], FETCH_AGAIN),
+    (wrong_magic, ["not an IDX file", "magic number 1234"], FETCH_AGAIN),
+    (label_out_of_range, ["label 12"], FETCH_AGAIN),
+    (one_label_short, ["holds 5 images but", "holds 4 labels"], "Fetch or copy both files again."),
 ]
+BAD_FILE_IDS = [spoil.__name__ for spoil, _, _ in BAD_FILES]
 
 
-@pytest.mark.parametrize(
-    "spoil, phrases", BAD_FILES, ids=[spoil.__name__ for spoil, _ in BAD_FILES]
-)
-def test_bad_file_is_named_and_left_untouched(tmp_path, tiny_mnist, snapshot, spoil, phrases):
+def spoiled_split_error(folder, tiny, spoil):
+    """Write the tiny files, spoil one, and return its path and the message loading gives."""
+    tiny.write(folder)
+    bad_path = spoil(folder, tiny)
+    with pytest.raises(MNISTDataError) as caught:
+        load_split(folder, "train", verify_checksums=False)
+    return bad_path, str(caught.value)
+
+
+@pytest.mark.parametrize("spoil, phrases, fix", BAD_FILES, ids=BAD_FILE_IDS)
+def test_bad_file_is_named_and_left_untouched(
+    tmp_path, tiny_mnist, snapshot, spoil, phrases, fix
+):
     tiny_mnist.write(tmp_path)
     bad_path = spoil(tmp_path, tiny_mnist)
     before = snapshot(tmp_path)
@@ -218,6 +304,40 @@ def test_bad_file_is_named_and_left_untouched(tmp_path, tiny_mnist, snapshot, sp
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("spoil, phrases, fix", BAD_FILES, ids=BAD_FILE_IDS)
+def test_bad_file_message_ends_with_the_fix(tmp_path, tiny_mnist, spoil, phrases, fix):
+    _, message = spoiled_split_error(tmp_path, tiny_mnist, spoil)
+    assert message.endswith(fix), message
+
+
+def test_a_zero_length_file_is_called_empty_not_gzip(tmp_path, tiny_mnist):
+    bad_path, message = spoiled_split_error(tmp_path, tiny_mnist, empty_gz)
+    assert message == f"{bad_path}: empty file (0 bytes). {FETCH_AGAIN}"
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_counts_of_the_other_split_suggest_a_train_test_swap(tmp_path, tiny_mnist, split):
+    # test-sized images beside train-sized labels, as when one file of each split is swapped
+    tiny_mnist.write(tmp_path)
+    images = struct.pack(">IIII", 2051, TEST_SIZE, 28, 28) + bytes(TEST_SIZE * 28 * 28)
+    labels = struct.pack(">II", 2049, TRAIN_SIZE) + bytes(TRAIN_SIZE)
+    images_path = write_gz(tmp_path / f"{CANONICAL_FILES[f'{split}-images'].name}.gz", images)
+    labels_path = write_gz(tmp_path / f"{CANONICAL_FILES[f'{split}-labels'].name}.gz", labels)
+
+    with pytest.raises(MNISTDataError) as caught:
+        load_split(tmp_path, split, verify_checksums=False)
+    message = str(caught.value)
+    assert f"{images_path} holds 10000 images but {labels_path} holds 60000 labels" in message
+    assert "10000 is the test split's size and 60000 the training split's" in message
+    assert "the train and test files may be swapped" in message
+    assert message.endswith(CHECK_NAMES)
+
+
+def test_other_count_mismatches_suggest_no_swap(tmp_path, tiny_mnist):
+    _, message = spoiled_split_error(tmp_path, tiny_mnist, one_label_short)
+    assert "swapped" not in message
+
+
 def test_checksum_mismatch_gives_expected_and_actual(tmp_path, tiny_mnist, snapshot):
     tiny_mnist.write(tmp_path)
     before = snapshot(tmp_path)
@@ -228,6 +348,7 @@ def test_checksum_mismatch_gives_expected_and_actual(tmp_path, tiny_mnist, snaps
     assert str(tmp_path / "t10k-images-idx3-ubyte.gz") in message
     assert CANONICAL_FILES["test-images"].md5 in message
     assert hashlib.md5(tiny_mnist.files["test-images"]).hexdigest() in message
+    assert message.endswith(FETCH_AGAIN)
     assert snapshot(tmp_path) == before
 
 

@@ -70,6 +70,9 @@ class MirrorHandler(BaseHTTPRequestHandler):
         # no Content-Length: the client cannot tell, only the gzip check can
         self.send_body(body[: len(body) // 2])
 
+    def answer_empty(self, body):
+        self.send_body(b"", length=0)
+
     def answer_html(self, body):
         self.send_body(HTML_PAGE, content_type="text/html", length=len(HTML_PAGE))
 
@@ -91,6 +94,7 @@ BAD_BEHAVIOURS = {
     "trickle": "too slow",
     "truncated": "truncated",
     "cut": "corrupt gzip",
+    "empty": "empty file (0 bytes)",
     "html": "HTML page",
     "recompressed": "MD5 of the .gz mismatch",
 }
@@ -189,6 +193,45 @@ def test_all_bad_mirrors_give_one_message_and_leave_nothing(
     # a rerun starts clean and succeeds once a good mirror answers
     tiny_download(tmp_path, mirrors=bad[:1] + [server.base_url + "good/"])
     assert len(snapshot(tmp_path)) == 4
+
+
+def test_failed_download_removes_the_empty_folders_it_created(tmp_path, server, tiny_download):
+    data_dir = tmp_path / "data" / "mnist"  # neither folder exists yet, as on a first run
+    with pytest.raises(MNISTDataError) as caught:
+        tiny_download(data_dir, mirrors=[server.base_url + "forbidden/", closed_port_url()])
+    assert str(data_dir) in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_download_keeps_an_empty_folder_that_was_there(tmp_path, server, tiny_download):
+    data_dir = tmp_path / "mnist"
+    data_dir.mkdir()
+    with pytest.raises(MNISTDataError):
+        tiny_download(data_dir, mirrors=[server.base_url + "forbidden/"])
+    assert data_dir.is_dir() and list(data_dir.iterdir()) == []
+
+
+def test_failed_download_keeps_a_folder_it_created_once_it_holds_a_file(
+    tmp_path, server, tiny_mnist, tiny_download
+):
+    # the first file arrives; the second is refused, since no mirror matches its listed MD5
+    first, second = tiny_mnist.file_name("train-images"), tiny_mnist.file_name("train-labels")
+    resources = [(first, hashlib.md5(tiny_mnist.gz_bytes("train-images")).hexdigest()),
+                 (second, "0" * 32)]
+    data_dir = tmp_path / "data" / "mnist"
+    with pytest.raises(MNISTDataError, match=f"Could not download {second}"):
+        tiny_download(data_dir, mirrors=[server.base_url + "good/"], resources=resources)
+    assert [path.name for path in data_dir.iterdir()] == [first]
+
+
+def test_download_into_a_file_says_it_is_a_file(tmp_path, server, requests, tiny_download):
+    a_file = tmp_path / "mnist"
+    a_file.write_bytes(b"not a folder")
+    with pytest.raises(MNISTDataError) as caught:
+        tiny_download(a_file, mirrors=[server.base_url + "good/"])
+    assert str(caught.value).startswith(f"{a_file} is a file, not a folder.")
+    assert requests == []
+    assert a_file.read_bytes() == b"not a folder"
 
 
 def test_files_present_and_valid_are_not_fetched_again(

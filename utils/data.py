@@ -9,6 +9,7 @@ check; only `download_mnist` writes there, and only files it has verified.
 import gzip
 import hashlib
 import http.client
+import itertools
 import os
 import struct
 import tempfile
@@ -55,10 +56,14 @@ CANONICAL_FILES = {
 SPLITS = ("train", "test")
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
+IMAGES_HEADER_SIZE = 16  # bytes: magic number, count, rows, columns
+LABELS_HEADER_SIZE = 8  # bytes: magic number, count
 IMAGE_SIDE = 28
 NUM_CLASSES = 10
 GZIP_MAGIC = b"\x1f\x8b"
 TORCHVISION_SUBDIR = Path("MNIST", "raw")
+# How a message about a damaged or wrong file ends: what the user should do about it.
+FETCH_AGAIN = "Fetch or copy the file again."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,9 +87,9 @@ def _missing_files_message(folders, missing_keys):
     """Say where we looked, which files are expected there, and the ways to put them there."""
     missing = ", ".join(CANONICAL_FILES[key].name + "[.gz]" for key in missing_keys)
     expected = "\n".join(f"    {f.name}.gz  (or {f.name})" for f in CANONICAL_FILES.values())
-    absent = "" if folders[0].is_dir() else "; that folder does not exist"
+    absent = "" if folders[0].is_dir() else f": the folder {folders[0]} does not exist"
     return (
-        f"MNIST files not found in {folders[0]} (also looked in {folders[1]}{absent}).\n"
+        f"MNIST files not found in {folders[0]} (also looked in {folders[1]}){absent}.\n"
         f"Missing: {missing}\n"
         f"Expected the four files of the MNIST release there, gzip-compressed or not:\n"
         f"{expected}\n"
@@ -98,6 +103,15 @@ def _missing_files_message(folders, missing_keys):
     )
 
 
+def _refuse_a_file_as_folder(data_dir):
+    """Raise when the data folder given is a file, which would otherwise read as files missing."""
+    if Path(data_dir).is_file():
+        raise MNISTDataError(
+            f"{data_dir} is a file, not a folder. Point the course at the folder that holds the "
+            "four MNIST files: make run DATA_DIR=folder"
+        )
+
+
 def find_mnist_files(data_dir):
     """Locate the four MNIST files in `data_dir`, keyed "train-images", ..., "test-labels".
 
@@ -105,6 +119,7 @@ def find_mnist_files(data_dir):
     itself or in `data_dir/MNIST/raw` (torchvision's layout). Raises MNISTDataError naming the
     folders searched, the files expected and how to supply them when any file is missing.
     """
+    _refuse_a_file_as_folder(data_dir)
     folders = _folders_to_search(data_dir)
     found, missing_keys = {}, []
     for key, canonical in CANONICAL_FILES.items():
@@ -129,21 +144,28 @@ def _looks_like_html(data):
     return data[:200].lstrip().lower().startswith((b"<!doctype html", b"<html", b"<?xml"))
 
 
+def _refuse_empty(raw, path):
+    """Raise for a file of 0 bytes, which no later check would describe plainly."""
+    if not raw:
+        raise MNISTDataError(f"{path}: empty file (0 bytes). {FETCH_AGAIN}")
+
+
 def _decompress_gzip(raw, path):
     """Return the bytes inside a gzip file, or say why they cannot be read."""
+    _refuse_empty(raw, path)
     if not raw.startswith(GZIP_MAGIC):
         if _looks_like_html(raw):
-            what = "an HTML page (an error page saved in place of the data?)"
+            what = f"an HTML page (an error page saved in place of the data?). {FETCH_AGAIN}"
         elif raw[:4] in (struct.pack(">I", IMAGES_MAGIC), struct.pack(">I", LABELS_MAGIC)):
-            what = "an uncompressed IDX file; remove the .gz from its name"
+            what = "an uncompressed IDX file; remove the .gz from its name."
         else:
-            what = f"first bytes {raw[:8]!r}"
-        raise MNISTDataError(f"{path}: not a gzip file: {what}.")
+            what = f"first bytes {raw[:8]!r}. {FETCH_AGAIN}"
+        raise MNISTDataError(f"{path}: not a gzip file: {what}")
     try:
         return gzip.decompress(raw)
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise MNISTDataError(
-            f"{path}: corrupt gzip, truncated or damaged ({error}). Fetch or copy the file again."
+            f"{path}: corrupt gzip, truncated or damaged ({error}). {FETCH_AGAIN}"
         ) from error
 
 
@@ -153,6 +175,7 @@ def read_idx_bytes(path):
     raw = path.read_bytes()
     if path.suffix == ".gz":
         return _decompress_gzip(raw, path)
+    _refuse_empty(raw, path)
     if raw.startswith(GZIP_MAGIC):
         raise MNISTDataError(
             f"{path}: still gzip-compressed, though its name does not end in .gz. "
@@ -165,7 +188,9 @@ def _check_magic(data, path, expected_magic):
     """Raise unless the IDX header starts with the magic number of the expected kind of file."""
     kinds = {IMAGES_MAGIC: "images", LABELS_MAGIC: "labels"}
     if len(data) < 8:
-        raise MNISTDataError(f"{path}: truncated: {len(data)} bytes, shorter than an IDX header.")
+        raise MNISTDataError(
+            f"{path}: truncated: {len(data)} bytes, shorter than an IDX header. {FETCH_AGAIN}"
+        )
     magic = struct.unpack(">I", data[:4])[0]
     if magic == expected_magic:
         return
@@ -177,7 +202,7 @@ def _check_magic(data, path, expected_magic):
     hint = " It looks like an HTML page." if _looks_like_html(data) else ""
     raise MNISTDataError(
         f"{path}: not an IDX file: magic number {magic}, expected {expected_magic} "
-        f"for {kinds[expected_magic]}.{hint}"
+        f"for {kinds[expected_magic]}.{hint} {FETCH_AGAIN}"
     )
 
 
@@ -189,37 +214,39 @@ def _check_item_count(data, path, header_size, item_size, count):
     held = max(body, 0) // item_size
     problem = "truncated" if body < count * item_size else "extra bytes after the last item"
     raise MNISTDataError(
-        f"{path}: header says {count} items, file holds {held} ({problem}). "
-        "Fetch or copy the file again."
+        f"{path}: header says {count} items, file holds {held} ({problem}). {FETCH_AGAIN}"
     )
 
 
 def images_from_idx(data, path="<bytes>"):
     """Parse IDX image bytes into a uint8 tensor of shape (N, 28, 28), checking the header."""
     _check_magic(data, path, IMAGES_MAGIC)
-    if len(data) < 16:
-        raise MNISTDataError(f"{path}: truncated: {len(data)} bytes, shorter than its header.")
-    count, rows, cols = struct.unpack(">III", data[4:16])
+    if len(data) < IMAGES_HEADER_SIZE:
+        raise MNISTDataError(
+            f"{path}: truncated: {len(data)} bytes, shorter than its header. {FETCH_AGAIN}"
+        )
+    count, rows, cols = struct.unpack(">III", data[4:IMAGES_HEADER_SIZE])
     if (rows, cols) != (IMAGE_SIDE, IMAGE_SIDE):
         raise MNISTDataError(
             f"{path}: images are {rows}x{cols}, expected {IMAGE_SIDE}x{IMAGE_SIDE}. "
-            "This is not the MNIST release."
+            f"This is not the MNIST release. {FETCH_AGAIN}"
         )
-    _check_item_count(data, path, 16, rows * cols, count)
+    _check_item_count(data, path, IMAGES_HEADER_SIZE, rows * cols, count)
     # bytearray: torch.frombuffer wants a writable buffer, and the tensor then owns its memory
-    pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=16)
+    pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=IMAGES_HEADER_SIZE)
     return pixels.view(count, rows, cols)
 
 
 def labels_from_idx(data, path="<bytes>"):
     """Parse IDX label bytes into an int64 tensor of shape (N,), checking header and values."""
     _check_magic(data, path, LABELS_MAGIC)
-    count = struct.unpack(">I", data[4:8])[0]
-    _check_item_count(data, path, 8, 1, count)
-    labels = torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=8).long()
+    count = struct.unpack(">I", data[4:LABELS_HEADER_SIZE])[0]
+    _check_item_count(data, path, LABELS_HEADER_SIZE, 1, count)
+    labels = torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=LABELS_HEADER_SIZE)
+    labels = labels.long()
     if count and labels.max() >= NUM_CLASSES:
         raise MNISTDataError(
-            f"{path}: holds label {int(labels.max())}; MNIST labels are digits 0-9."
+            f"{path}: holds label {int(labels.max())}; MNIST labels are digits 0-9. {FETCH_AGAIN}"
         )
     return labels
 
@@ -242,12 +269,37 @@ def check_canonical(data, path, canonical):
     raise MNISTDataError(
         f"{path}: checksum mismatch with the MNIST release file {canonical.name}: "
         f"expected MD5 {canonical.md5} ({canonical.size} bytes), "
-        f"got {actual_md5} ({len(data)} bytes). Fetch or copy the file again."
+        f"got {actual_md5} ({len(data)} bytes). {FETCH_AGAIN}"
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # loading a split
+
+
+def _split_sizes():
+    """Images per split in the release: {"train": 60000, "test": 10000}, from CANONICAL_FILES."""
+    # a labels file holds one byte per item after its header
+    return {split: CANONICAL_FILES[f"{split}-labels"].size - LABELS_HEADER_SIZE for split in SPLITS}
+
+
+def _count_mismatch_message(images_path, image_count, labels_path, label_count):
+    """Say that a split's two files disagree and how to fix it.
+
+    Counts that are the two splits' sizes are what a train file swapped with a test file gives,
+    so the message then says the files may be swapped.
+    """
+    sizes = _split_sizes()
+    problem = (
+        f"{images_path} holds {image_count} images but {labels_path} holds {label_count} "
+        "labels; the two files of a split must match."
+    )
+    if sorted([image_count, label_count]) != sorted(sizes.values()):
+        return f"{problem} Fetch or copy both files again."
+    return (
+        f"{problem} {sizes['test']} is the test split's size and {sizes['train']} the training "
+        "split's, so the train and test files may be swapped. Check which file is under which name."
+    )
 
 
 def load_split(data_dir, split, verify_checksums=True):
@@ -268,8 +320,7 @@ def load_split(data_dir, split, verify_checksums=True):
     labels = labels_from_idx(labels_bytes, labels_path)
     if len(images) != len(labels):
         raise MNISTDataError(
-            f"{images_path} holds {len(images)} images but {labels_path} holds "
-            f"{len(labels)} labels; the two files of a split must match."
+            _count_mismatch_message(images_path, len(images), labels_path, len(labels))
         )
     if verify_checksums:
         check_canonical(images_bytes, images_path, CANONICAL_FILES[f"{split}-images"])
@@ -398,7 +449,7 @@ def _check_download(path, key, gz_md5, expected):
 
 def _without_path(error, path):
     """A check's message as a mirror's reason: the temporary file's name and advice dropped."""
-    return str(error).replace(f"{path}: ", "").replace(" Fetch or copy the file again.", "")
+    return str(error).replace(f"{path}: ", "").replace(f" {FETCH_AGAIN}", "")
 
 
 def _check_existing(path, key, expected):
@@ -453,6 +504,23 @@ def _download_one(data_dir, filename, gz_md5, key, mirrors, timeout, deadline, e
     )
 
 
+def _create_folder(data_dir):
+    """Create `data_dir` and any missing parents; return the folders created, deepest first."""
+    missing = itertools.takewhile(lambda folder: not folder.exists(), [data_dir, *data_dir.parents])
+    created = list(missing)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_if_empty(created):
+    """Remove folders created by `_create_folder`, deepest first, up to one that holds anything."""
+    for folder in created:
+        try:
+            folder.rmdir()  # refuses a folder that is not empty, so nothing in it is ever lost
+        except OSError:
+            return
+
+
 def download_mnist(data_dir, mirrors=None, timeout=20.0, deadline=600.0, resources=None,
                    expected=None):
     """Fetch the four MNIST .gz files into `data_dir` and return its path.
@@ -462,21 +530,28 @@ def download_mnist(data_dir, mirrors=None, timeout=20.0, deadline=600.0, resourc
     decompressed sizes and MD5s (CANONICAL_FILES). Each mirror is tried in turn, with `timeout`
     seconds for any stalled read and `deadline` seconds for a whole file. A file is written
     under a temporary name and renamed only once gzip, IDX and both checksums agree; files
-    already present and valid are kept as they are.
+    already present and valid are kept as they are. When a download fails, the folders this call
+    created are removed if they are still empty.
     """
+    data_dir = Path(data_dir)
+    _refuse_a_file_as_folder(data_dir)
     if mirrors is None or resources is None:
         known_mirrors, known_resources = _torchvision_tables()
         mirrors = known_mirrors if mirrors is None else mirrors
         resources = known_resources if resources is None else resources
     expected = CANONICAL_FILES if expected is None else expected
 
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for filename, gz_md5 in resources:
-        key = _key_for(filename, expected)
-        target = data_dir / filename
-        if target.exists():
-            _check_existing(target, key, expected)
-            continue
-        _download_one(data_dir, filename, gz_md5, key, mirrors, timeout, deadline, expected)
+    created = _create_folder(data_dir)
+    try:
+        for filename, gz_md5 in resources:
+            key = _key_for(filename, expected)
+            target = data_dir / filename
+            if target.exists():
+                _check_existing(target, key, expected)
+                continue
+            _download_one(data_dir, filename, gz_md5, key, mirrors, timeout, deadline, expected)
+    except BaseException:
+        # also on Ctrl-C: a failed first run leaves no empty data/mnist to puzzle over
+        _remove_if_empty(created)
+        raise
     return data_dir
