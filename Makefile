@@ -4,7 +4,7 @@
 #   make check                      fast static checks: notebook pairs, code style
 #   make lab                        JupyterLab on the notebooks
 #   make bench [DATA_DIR=folder]   fast training path against the plain torchvision pipeline
-#   make sync                       regenerate each .ipynb's code from its .py twin, and back
+#   make sync [FROM=py|ipynb]       make each notebook pair agree from its side edited since HEAD
 #   make store RUN=runs/<time>      keep a run's executed notebooks (outputs) in notebooks/
 
 PYTHON ?= python3
@@ -50,10 +50,7 @@ bench: $(STAMP)
 	$(PY) -m utils.benchmark --data-dir "$(DATA_PATH)" --full
 
 sync: $(STAMP)
-	for twin in notebooks/*.py; do \
-		$(VENV)/bin/jupytext --quiet --to ipynb --update "$$twin" && \
-		$(VENV)/bin/jupytext --quiet --to py:percent "$${twin%.py}.ipynb" || exit 1; \
-	done
+	$(PY) -m utils.pairs --sync $(if $(FROM),--from $(FROM)) notebooks
 
 store: $(STAMP)
 	test -n "$(RUN)" || { echo "usage: make store RUN=runs/<time>"; exit 2; }
