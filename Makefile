@@ -43,8 +43,9 @@ check: $(STAMP)
 	$(PY) -m utils.pairs notebooks
 	$(PY) -m ruff check utils tests notebooks
 
+# Jupyter refuses to start as root unless told; containers often run as root.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks
 
 bench: $(STAMP)
 	$(PY) -m utils.benchmark --data-dir "$(DATA_PATH)" --full

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import jupytext
 import nbformat
 import papermill
 import pytest
@@ -137,6 +138,15 @@ def test_executed_notebooks_keep_no_error_and_every_cell_ran(quick_runs):
             for cell in code_cells(run_dir / name):
                 assert cell.execution_count is not None, f"{name}: a cell did not run"
                 assert all(out.output_type != "error" for out in cell.outputs), name
+
+
+def test_a_stored_run_pairs_with_the_committed_twins_unchanged(quick_runs):
+    """What `make store` writes differs from the committed notebooks in outputs only."""
+    for name in course.NOTEBOOKS:
+        stored = course.strip_run_metadata(nbformat.read(quick_runs[0] / name, as_version=4))
+        twin = (REPO_ROOT / "notebooks" / name).with_suffix(".py")
+        config = jupytext.config.load_jupytext_config(str(twin.parent))
+        assert jupytext.writes(stored, fmt="py:percent", config=config) == twin.read_text(), name
 
 
 def test_a_relative_runs_dir_keeps_the_whole_run_in_one_folder(quick_runs):

@@ -123,6 +123,8 @@ def strip_run_metadata(notebook):
     for cell in notebook.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
+        if not cell.metadata.get("tags", True):  # papermill gives every cell an empty list
+            cell.metadata.pop("tags")
     return notebook
 
 
