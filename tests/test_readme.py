@@ -10,7 +10,9 @@ import nbformat
 import pytest
 
 from utils import REPO_ROOT
+from utils.fast_dropout import FastDropout
 from utils.model import Net
+from utils.runtime import QUICK_EPOCHS, QUICK_TRAIN_SUBSET
 
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 RESULTS_NOTEBOOK = REPO_ROOT / "notebooks" / "05_results.ipynb"
@@ -65,3 +67,21 @@ def test_readme_parameter_count_is_the_model_s():
     with_biases = total + sum(m.out_channels for m in Net().modules() if hasattr(m, "out_channels")
                               and getattr(m, "bias", 0) is None)
     assert claimed <= {total, with_biases}, f"README quotes other totals: {claimed}"
+
+
+def notebook_defaults():
+    """The values of the parameters cell every notebook starts with, as the notebooks run it."""
+    cell = next(cell for cell in nbformat.read(TRAINING_NOTEBOOK, as_version=4).cells
+                if "parameters" in cell.metadata.get("tags", []))
+    defaults = {}
+    exec(cell.source, {}, defaults)  # the cell only assigns literals
+    return defaults
+
+
+def test_readme_numbers_that_the_code_computes_are_the_code_s():
+    flat = " ".join(README.split())  # the README wraps its lines anywhere
+    defaults = notebook_defaults()
+    assert f"{QUICK_EPOCHS} epochs on {QUICK_TRAIN_SUBSET:,} training images" in flat
+    assert f"random rotation of up to {defaults['max_degrees']:g} degrees" in flat
+    dropout = defaults["dropout"]
+    assert f"{dropout} becomes {FastDropout(dropout).drawn_p:.7f}" in flat
