@@ -43,6 +43,7 @@ precision = "auto"       # "auto" (bfloat16 where the hardware has it), "bf16" o
 data_dir = ""            # "": download into data/mnist; else a folder with the four files
 run_dir = ""             # "": runs/interactive; `make run` passes a new folder
 quick = False            # True: a smoke run in seconds; so does MNIST_QUICK in the environment
+resume = False           # True: continue the run in run_dir from its last checkpoint
 
 # %%
 from IPython.display import Markdown, display
@@ -61,7 +62,7 @@ from utils.model import Net
 
 config = runtime.Settings(epochs, batch_size, learning_rate, momentum, seed, max_degrees,
                           dropout, mean_std, train_subset, device, precision, data_dir, run_dir,
-                          quick)
+                          quick, resume)
 print(runtime.environment_report(config.device))
 
 # %% [markdown]

@@ -42,11 +42,11 @@ precision = "auto"       # "auto" (bfloat16 where the hardware has it), "bf16" o
 data_dir = ""            # "": download into data/mnist; else a folder with the four files
 run_dir = ""             # "": runs/interactive; `make run` passes a new folder
 quick = False            # True: a smoke run in seconds; so does MNIST_QUICK in the environment
+resume = False           # True: continue the run in run_dir from its last checkpoint
 
 # %%
 import inspect
 import json
-import time
 
 import torch
 
@@ -61,7 +61,7 @@ from utils.transforms import pixel_mean_std, train_transforms
 
 config = runtime.Settings(epochs, batch_size, learning_rate, momentum, seed, max_degrees,
                           dropout, mean_std, train_subset, device, precision, data_dir, run_dir,
-                          quick)
+                          quick, resume)
 print(runtime.environment_report(config.device))
 print(f"precision    {config.precision}")
 
@@ -187,22 +187,25 @@ print(inspect.getsource(utils.training.evaluate))
 # %% [markdown]
 # `fit` runs the epochs: train, evaluate, log one line, write a checkpoint. The checkpoint
 # (model, optimizer, schedule, history and random state) is replaced after every epoch, by
-# writing a new file and renaming it, so a crash never leaves a half-written one; with
-# `resume=True` an interrupted run continues where it stopped.
+# writing a new file and renaming it, so a crash never leaves a half-written one.
+#
+# With the parameter `resume = True`, an interrupted run continues where it stopped: `fit`
+# restores the last checkpoint in the run folder and trains the remaining epochs, ending with
+# the numbers the uninterrupted run would have given. The run's parameters are written first,
+# so that a resume with other values is refused (by the settings cell, before any data is read).
 
 # %%
-checkpoint_path = config.run_dir / "checkpoint.pt"
-started = time.perf_counter()
+(config.run_dir / "parameters.json").write_text(json.dumps(config.as_dict(), indent=2) + "\n")
 history, epoch_seconds = fit(model, train_batches, test_batches, optimizer, scheduler,
                              config.epochs, config.device, config.autocast_dtype,
-                             checkpoint_path=checkpoint_path)
-wall_seconds = time.perf_counter() - started
+                             checkpoint_path=config.checkpoint_path, resume=config.resume)
+wall_seconds = sum(epoch_seconds)  # training and testing, every epoch, resumed ones included
 
 # %% [markdown]
 # ## Results, written to the run folder
 #
 # The history (every step and epoch) is deterministic for a seed; the metrics summary adds the
-# timings, which are not.
+# timings, which are not, and the parameters are already there.
 
 # %%
 best_epoch = max(range(config.epochs), key=lambda e: history["test_accuracy"][e]) + 1
@@ -226,7 +229,6 @@ metrics = {
 }
 (config.run_dir / "history.json").write_text(json.dumps(history) + "\n")
 (config.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-(config.run_dir / "parameters.json").write_text(json.dumps(config.as_dict(), indent=2) + "\n")
 print(f"final test accuracy {metrics['final_test_accuracy']:.2f}%, best "
       f"{metrics['best_test_accuracy']:.2f}% (epoch {best_epoch}), "
       f"{config.epochs} epochs in {wall_seconds / 60:.1f} min")
@@ -236,7 +238,7 @@ print(f"final test accuracy {metrics['final_test_accuracy']:.2f}%, best "
 # `torch.load(..., weights_only=True)`, which refuses to run code hidden in a file.
 
 # %% tags=["nbval-check-output"]
-saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+saved = torch.load(config.checkpoint_path, map_location="cpu", weights_only=True)
 print(sorted(saved))
 print(f"model tensors: {len(saved['model'])}; "
       f"written after the last epoch: {saved['epoch'] == config.epochs}")

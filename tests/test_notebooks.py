@@ -194,6 +194,30 @@ def test_a_different_seed_gives_different_numbers(quick_runs, mnist_dir, tmp_pat
     assert other["step_train_loss"] != first["step_train_loss"]
 
 
+def test_resume_continues_from_the_checkpoint_and_refuses_other_parameters(quick_runs,
+                                                                            mnist_dir, tmp_path):
+    """Notebook 4 with resume=True on a finished quick run: it restores the last checkpoint,
+    trains no epoch again and writes the same history. (That a resume from the middle of a run
+    ends as the uninterrupted run does is shown by test_checkpoint's resume test.)"""
+    run_dir = tmp_path / "run"
+    shutil.copytree(quick_runs[0], run_dir)
+    parameters = {"quick": True, "data_dir": str(mnist_dir), "run_dir": str(run_dir),
+                  "resume": True}
+    output = tmp_path / "04.ipynb"
+    papermill.execute_notebook(NOTEBOOKS[3], output, cwd=tmp_path, progress_bar=False,
+                               parameters=parameters)
+    log = "".join(out.get("text", "") for cell in code_cells(output) for out in cell.outputs
+                  if out.output_type == "stream")
+    assert "resumed from checkpoint.pt after epoch 2" in log
+    assert (run_dir / "history.json").read_bytes() == (quick_runs[0] / "history.json").read_bytes()
+
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        papermill.execute_notebook(NOTEBOOKS[3], output, cwd=tmp_path, progress_bar=False,
+                                   parameters={**parameters, "epochs": 1})
+    assert failure.value.ename == "ParameterError" and "epochs=2 there, 1 here" in str(
+        failure.value.evalue)
+
+
 @pytest.mark.parametrize("name, value, fragment", [
     ("epochs", 0, "epochs=0"),
     ("learning_rate", -0.1, "learning_rate=-0.1"),

@@ -1,5 +1,7 @@
 """Notebook parameters: bad values stop with a message that says what is allowed; quick mode."""
 
+import json
+
 import pytest
 import torch
 
@@ -176,3 +178,46 @@ def test_learning_rate_must_be_a_finite_number(value):
     with pytest.raises(ParameterError, match="learning_rate="):
         check_training_parameters(epochs=1, batch_size=1, learning_rate=value, momentum=0.9,
                                   seed=0, train_subset=0, max_degrees=7.0)
+
+
+def started_run(tmp_path, **changes):
+    """A run folder holding a checkpoint and the parameters.json of a run with these values."""
+    settings = Settings(**good_parameters(tmp_path / "run", **changes))
+    (settings.run_dir / "parameters.json").write_text(json.dumps(settings.as_dict()))
+    settings.checkpoint_path.write_bytes(b"a checkpoint")
+    return settings.run_dir
+
+
+def test_resume_with_the_same_parameters_passes(tmp_path):
+    run_dir = started_run(tmp_path)
+    settings = Settings(**good_parameters(run_dir, resume=True, data_dir=str(tmp_path)))
+    assert settings.resume and settings.checkpoint_path.read_bytes() == b"a checkpoint"
+
+
+def test_resume_with_other_parameters_names_them_and_changes_nothing(tmp_path):
+    run_dir = started_run(tmp_path, epochs=15, mean_std=[0.1307, 0.3081])
+    with pytest.raises(ParameterError) as caught:
+        Settings(**good_parameters(run_dir, resume=True, epochs=5, learning_rate=0.1,
+                                   mean_std=[0.1307, 0.3081]))
+    message = str(caught.value)
+    assert "epochs=15 there, 5 here" in message and "learning_rate=0.05 there, 0.1 here" in message
+    assert "mean_std" not in message  # a list that came back from JSON is the same list
+    assert (run_dir / "checkpoint.pt").read_bytes() == b"a checkpoint"
+
+
+def test_resume_without_the_run_s_parameters_is_refused(tmp_path):
+    run_dir = started_run(tmp_path)
+    (run_dir / "parameters.json").unlink()
+    with pytest.raises(ParameterError, match="no parameters.json"):
+        Settings(**good_parameters(run_dir, resume=True))
+
+
+def test_resume_in_a_folder_without_a_checkpoint_starts_afresh(tmp_path):
+    settings = Settings(**good_parameters(tmp_path / "new", resume=True))
+    assert settings.resume and not settings.checkpoint_path.exists()
+
+
+@pytest.mark.parametrize("value", ["True", 1])
+def test_resume_must_be_true_or_false(tmp_path, value):
+    with pytest.raises(ParameterError, match="parameter resume="):
+        Settings(**good_parameters(tmp_path, resume=value))

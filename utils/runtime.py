@@ -1,5 +1,6 @@
 """Device, seeding, the environment report, and checks on a notebook's parameters."""
 
+import json
 import math
 import os
 import platform
@@ -168,7 +169,8 @@ class Settings:
     """
 
     def __init__(self, epochs, batch_size, learning_rate, momentum, seed, max_degrees,
-                 dropout, mean_std, train_subset, device, precision, data_dir, run_dir, quick):
+                 dropout, mean_std, train_subset, device, precision, data_dir, run_dir, quick,
+                 resume=False):
         require(isinstance(quick, bool), "quick", quick, "True or False (a string such as "
                 "'False' would count as true)")
         self.quick = quick or quick_mode_requested()
@@ -187,8 +189,17 @@ class Settings:
         self.device = choose_device(device)
         self.autocast_dtype = autocast_dtype(precision, self.device)
         self.precision = "bf16" if self.autocast_dtype is torch.bfloat16 else "fp32"
+        require(isinstance(resume, bool), "resume", resume, "True or False")
+        self.resume = resume
         self.data_dir, self.may_download = resolve_data_dir(data_dir)
         self.run_dir = resolve_run_dir(run_dir)
+        if resume and self.checkpoint_path.is_file():
+            check_resumable(self, saved_run_parameters(self.run_dir))
+
+    @property
+    def checkpoint_path(self):
+        """Where notebook 4 keeps the run's latest training state."""
+        return self.run_dir / "checkpoint.pt"
 
     def as_dict(self):
         """Plain types only, for parameters.json."""
@@ -197,3 +208,34 @@ class Settings:
 
     def __repr__(self):
         return "\n".join(f"{key:<14} {value}" for key, value in self.as_dict().items())
+
+
+# What a run is: resuming with other values of these would not continue the same run.
+RUN_DEFINING_PARAMETERS = ("epochs", "batch_size", "learning_rate", "momentum", "seed",
+                           "max_degrees", "dropout", "mean_std", "train_subset", "precision")
+
+
+def saved_run_parameters(run_dir):
+    """The parameters.json notebook 4 wrote when the run in `run_dir` started, or None."""
+    path = Path(run_dir) / "parameters.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_resumable(settings, saved_parameters):
+    """Stop a resume whose parameters differ from those the run folder's run started with.
+
+    `saved_parameters` is that run's parameters.json (None when there is none). Where the data
+    comes from, where the run folder is and the device may change; what defines the run may not.
+    """
+    if saved_parameters is None:
+        raise ParameterError(
+            f"resume=True, but {settings.run_dir} has a checkpoint and no parameters.json, so "
+            "whether it is the same run cannot be checked; set resume=False to start afresh.")
+    current = json.loads(json.dumps(settings.as_dict()))  # as parameters.json holds them
+    changed = [f"{name}={saved_parameters.get(name)!r} there, {current[name]!r} here"
+               for name in RUN_DEFINING_PARAMETERS if saved_parameters.get(name) != current[name]]
+    if changed:
+        raise ParameterError(
+            f"resume=True, but the run in {settings.run_dir} was started with other parameters ("
+            + "; ".join(changed) + "). Resume with the same values, or set resume=False (or "
+            "use another run_dir) to start afresh.")
