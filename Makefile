@@ -41,7 +41,7 @@ test: $(STAMP)
 
 check: $(STAMP)
 	$(PY) -m utils.pairs notebooks
-	$(PY) -m ruff check utils tests notebooks
+	$(PY) -m ruff check utils tests notebooks conftest.py
 
 # Jupyter refuses to start as root unless told; containers often run as root.
 lab: $(STAMP)

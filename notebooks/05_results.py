@@ -123,8 +123,9 @@ print(f"training wall time: {metrics['wall_seconds']:.0f} s")
 # ## The digits it gets wrong
 #
 # We load the final checkpoint and run the test set through it once more. The checkpoint loads
-# with `weights_only=True` on any machine, GPU-saved or not; evaluating again must reproduce
-# the accuracy notebook 4 recorded, because evaluation is deterministic.
+# with `weights_only=True` on any machine, GPU-saved or not; evaluating again, in the precision
+# the run was trained in (from its `parameters.json`), must reproduce the accuracy notebook 4
+# recorded, because evaluation is deterministic.
 
 # %% tags=["nbval-check-output"]
 model = load_trained_model(config.run_dir / "checkpoint.pt", config.device, dropout=config.dropout)
@@ -133,7 +134,11 @@ test_images, test_labels = load_split(config.data_dir, "test")
 mean, std = metrics["normalisation"]  # the statistics the model was trained with
 test_batches = FastBatches(test_images, test_labels, 1000, mean, std, device=config.device,
                            channels_last=True)
-test_loss, test_accuracy = evaluate(model, test_batches, config.device, config.autocast_dtype)
+run_precision = (runtime.saved_run_parameters(config.run_dir) or {}).get("precision", "fp32")
+if run_precision == "bf16" and not runtime.bf16_supported(config.device):
+    run_precision = "fp32"  # this machine has no bfloat16: the accuracy may differ slightly
+eval_dtype = runtime.autocast_dtype(run_precision, config.device)
+test_loss, test_accuracy = evaluate(model, test_batches, config.device, eval_dtype)
 print(f"loaded {type(model).__name__} with {sum(p.numel() for p in model.parameters()):,} "
       f"parameters, in {'training' if model.training else 'eval'} mode")
 print("re-evaluated accuracy equals the recorded final accuracy:",
@@ -144,7 +149,7 @@ print("re-evaluated accuracy equals the recorded final accuracy:",
 # Many are digits a person would hesitate over too.
 
 # %%
-with torch.no_grad(), autocast_context(config.device, config.autocast_dtype):
+with torch.no_grad(), autocast_context(config.device, eval_dtype):
     predictions = torch.cat([model(images).argmax(dim=1).cpu() for images, _ in test_batches])
 wrong = (predictions != test_labels).nonzero().flatten()
 print(f"{len(wrong)} of {len(test_labels):,} test images misclassified")

@@ -115,28 +115,3 @@ def folder_snapshot(folder):
 def snapshot():
     """The `folder_snapshot` function, for tests that check a folder was left untouched."""
     return folder_snapshot
-
-
-def pytest_configure(config):
-    """For nbval: quick mode, and a fresh run folder shared by the notebooks of one session.
-
-    nbval starts each notebook's kernel in the notebook's own folder and cannot pass parameters,
-    so the notebooks read these from the environment. Notebook 5 reads what notebook 4 wrote
-    into the shared folder.
-    """
-    if getattr(config.option, "nbval_lax", False) or getattr(config.option, "nbval", False):
-        import tempfile
-
-        os.environ.setdefault("MNIST_QUICK", "1")
-        if "MNIST_RUN_DIR" not in os.environ:
-            config.nbval_run_dir = tempfile.mkdtemp(prefix="mnist-nbval-")
-            os.environ["MNIST_RUN_DIR"] = config.nbval_run_dir
-
-
-def pytest_unconfigure(config):
-    """Remove the run folder pytest_configure made (never one the environment named)."""
-    made = getattr(config, "nbval_run_dir", None)
-    if made:
-        import shutil
-
-        shutil.rmtree(made, ignore_errors=True)

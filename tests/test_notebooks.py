@@ -170,6 +170,22 @@ def test_store_refuses_a_quick_run_and_an_incomplete_one_and_writes_nothing(quic
     assert {path: path.read_bytes() for path in NOTEBOOKS} == stored_before
 
 
+def test_store_refuses_a_run_of_other_notebook_text_and_writes_nothing(quick_runs, tmp_path):
+    """Store brings outputs, never text: a run made before an edit would undo the edit."""
+    stored_before = {path: path.read_bytes() for path in NOTEBOOKS}
+    old_run = tmp_path / "old-run"
+    shutil.copytree(quick_runs[0], old_run)
+    parameters = json.loads((old_run / "parameters.json").read_text())
+    parameters.update(quick=False, train_subset=0)  # passes for a full run, to reach the text
+    (old_run / "parameters.json").write_text(json.dumps(parameters))
+    notebook = nbformat.read(old_run / "02_model.ipynb", as_version=4)
+    notebook.cells[0].source += "\nA sentence the notebook has since lost."
+    nbformat.write(notebook, old_run / "02_model.ipynb")
+    with pytest.raises(course.NotStorable, match="run from other text than notebooks/02_model"):
+        course.store(old_run)
+    assert {path: path.read_bytes() for path in NOTEBOOKS} == stored_before
+
+
 def test_same_seed_gives_identical_runs_whichever_folder_starts_the_job(quick_runs):
     here, elsewhere, _ = quick_runs
     assert (here / "history.json").read_bytes() == (elsewhere / "history.json").read_bytes()

@@ -221,3 +221,10 @@ def test_resume_in_a_folder_without_a_checkpoint_starts_afresh(tmp_path):
 def test_resume_must_be_true_or_false(tmp_path, value):
     with pytest.raises(ParameterError, match="parameter resume="):
         Settings(**good_parameters(tmp_path, resume=value))
+
+
+@pytest.mark.parametrize("name", ["data_dir", "run_dir"])
+def test_folders_must_be_paths(tmp_path, name):
+    parameters = {**good_parameters(tmp_path), name: 5}
+    with pytest.raises(ParameterError, match=f"parameter {name}=5 is not allowed"):
+        Settings(**parameters)

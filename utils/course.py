@@ -17,6 +17,7 @@ from pathlib import Path
 import nbformat
 
 from utils import REPO_ROOT, cpu_name
+from utils.pairs import pair_problems, twin_text
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ["01_data.ipynb", "02_model.ipynb", "03_parameters.ipynb", "04_training.ipynb",
@@ -49,11 +50,12 @@ def prepare_data(data_dir):
     """
     code = ("import sys\n"
             "from utils.data import MNISTDataError, load_mnist\n"
-            "from utils.runtime import resolve_data_dir\n"
+            "from utils.runtime import ParameterError, quick_mode_requested, resolve_data_dir\n"
             "folder, may_download = resolve_data_dir(sys.argv[1])\n"
             "try:\n"
+            "    quick_mode_requested()  # a bad MNIST_QUICK stops here, before any run folder\n"
             "    load_mnist(folder, download=may_download)  # downloads only what is missing\n"
-            "except MNISTDataError as error:\n"
+            "except (MNISTDataError, ParameterError) as error:\n"
             "    sys.exit(str(error))\n"
             "print(folder)\n")
     result = subprocess.run([sys.executable, "-c", code, str(data_dir)], capture_output=True,
@@ -153,6 +155,16 @@ def executed_notebooks(run_dir):
             if cell.cell_type == "code" and (cell.execution_count is None or any(
                     output.output_type == "error" for output in cell.outputs)):
                 raise NotStorable(f"{run_dir / name}: a cell did not run or failed")
+    # store brings outputs only: the text must be the current notebooks', on both sides
+    problems = pair_problems(NOTEBOOKS_DIR)
+    if problems:
+        raise NotStorable("the notebook pairs disagree (" + "; ".join(problems) + "); run "
+                          "`make sync` and commit, so that storing cannot overwrite an edit")
+    for name, notebook in notebooks.items():
+        twin = (NOTEBOOKS_DIR / name).with_suffix(".py")
+        if twin_text(strip_run_metadata(notebook), NOTEBOOKS_DIR) != twin.read_text():
+            raise NotStorable(f"{run_dir / name} was run from other text than notebooks/{name}: "
+                              "`make run` again with the current notebooks, then store that run")
     return notebooks
 
 

@@ -190,6 +190,8 @@ class Settings:
         self.autocast_dtype = autocast_dtype(precision, self.device)
         self.precision = "bf16" if self.autocast_dtype is torch.bfloat16 else "fp32"
         require(isinstance(resume, bool), "resume", resume, "True or False")
+        for name, folder in (("data_dir", data_dir), ("run_dir", run_dir)):
+            require(isinstance(folder, (str, Path)), name, folder, "a folder path, as a string")
         self.resume = resume
         self.data_dir, self.may_download = resolve_data_dir(data_dir)
         self.run_dir = resolve_run_dir(run_dir)
