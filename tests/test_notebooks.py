@@ -10,14 +10,13 @@ import shutil
 import subprocess
 import sys
 
-import jupytext
 import nbformat
 import papermill
 import pytest
 import torch
 
 from utils import REPO_ROOT, course
-from utils.pairs import pair_problems
+from utils.pairs import pair_problems, twin_text
 
 NOTEBOOKS = [REPO_ROOT / "notebooks" / name for name in course.NOTEBOOKS]
 TIMING_KEYS = {"wall_seconds", "epoch_seconds"}
@@ -145,8 +144,7 @@ def test_a_stored_run_pairs_with_the_committed_twins_unchanged(quick_runs):
     for name in course.NOTEBOOKS:
         stored = course.strip_run_metadata(nbformat.read(quick_runs[0] / name, as_version=4))
         twin = (REPO_ROOT / "notebooks" / name).with_suffix(".py")
-        config = jupytext.config.load_jupytext_config(str(twin.parent))
-        assert jupytext.writes(stored, fmt="py:percent", config=config) == twin.read_text(), name
+        assert twin_text(stored, twin.parent) == twin.read_text(), name
 
 
 def test_a_relative_runs_dir_keeps_the_whole_run_in_one_folder(quick_runs):

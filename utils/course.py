@@ -135,7 +135,8 @@ class NotStorable(RuntimeError):
 
 
 def executed_notebooks(run_dir):
-    """The five executed notebooks of a complete, full run, read into memory; else NotStorable.
+    """The five executed notebooks of a complete, full run, read into memory and stripped of
+    papermill's run metadata; else NotStorable.
 
     Every check runs before anything is written, so a refused store changes no notebook.
     """
@@ -171,7 +172,7 @@ def executed_notebooks(run_dir):
 def store(run_dir):
     """Copy a run's executed notebooks over notebooks/*.ipynb, so readers see real outputs."""
     for name, notebook in executed_notebooks(run_dir).items():
-        nbformat.write(strip_run_metadata(notebook), NOTEBOOKS_DIR / name)
+        nbformat.write(notebook, NOTEBOOKS_DIR / name)
         print(f"stored {name}")
 
 
